@@ -14,7 +14,7 @@ from enum import StrEnum
 class AuthVerdict(StrEnum):
     """A DKIM/DMARC result from a trusted ``Authentication-Results`` header (RFC 8601)."""
 
-    PASS = "pass"
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
     FAIL = "fail"
     NONE = "none"  # no result, or no trusted header at all
 
