@@ -1,0 +1,1 @@
+"""Attendee-side iTIP processing (being written)."""

@@ -1,0 +1,1 @@
+"""Organiser-side iTIP processing (being written)."""
