@@ -26,6 +26,7 @@ __all__ = [
     "escape_text",
     "parse",
     "parse_one",
+    "parse_property",
     "serialize",
     "unescape_text",
 ]
@@ -265,6 +266,11 @@ def _split_line(line: str, number: int, warnings: list[str]) -> Property:
             raise ICalError(f"unexpected character {line[i]!r} after parameter {pname}", number)
     # line[i] == ":"
     return Property(name, line[i + 1 :], params)
+
+
+def parse_property(line: str) -> Property:
+    """Parse one unfolded content line (as stored by :meth:`Property.to_line`)."""
+    return _split_line(line, 0, [])
 
 
 def parse(text: str, warnings: list[str] | None = None) -> list[Component]:

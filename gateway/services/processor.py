@@ -1,0 +1,540 @@
+"""Processing of journaled messages: the pipeline of ARCHITECTURE.md section 1.
+
+For one journal row: extract the calendar parts (``gateway.mime``), establish who sent
+it, parse each part into iTIP messages, and for every local recipient run the pure
+engine and apply its decision - object, instances, attendee rows, held items, outbox
+rows and the journal outcome - in ONE transaction.  Every row ends with exactly one
+recorded outcome per part and recipient, and the journal row itself ends ``done`` or
+``quarantined`` with a reason; a crash in between leaves the row leased, and it is
+processed again after the lease expires (nothing accepted is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Protocol
+
+from gateway.domain import engine
+from gateway.domain.addresses import normalise
+from gateway.domain.ical import ICalError, parse
+from gateway.domain.identity import SenderIdentity
+from gateway.domain.message import parse_itip
+from gateway.domain.model import (
+    Context,
+    Decision,
+    ITipMessage,
+    Outcome,
+    OutgoingMessage,
+    ResolveHeld,
+    UserPolicy,
+)
+from gateway.mime.extract import Extraction, extract
+from gateway.mime.identity import sender_identity
+from gateway.services.outgoing import compose_outgoing
+from gateway.store import journal, objects, outbox, rate, scheduling
+from gateway.store.models import JournalRow
+from gateway.store.tx import Tx
+
+__all__ = ["Directory", "PartResult", "ProcessingOptions", "Processor"]
+
+log = logging.getLogger(__name__)
+
+# Outcomes that mean "nothing usable here"; the journal row is then quarantined
+# (kept, with the reason) rather than marked done.
+_QUARANTINE = {Outcome.QUARANTINED_INVALID.value}
+# Held items that may be re-run automatically once the object they wait for exists
+# (RFC 5546 section 5.2.1); the others wait for a human.
+_AUTO_RELEASE = {"early-cancel", "early-reply", "unknown-delegate"}
+
+
+class Directory(Protocol):
+    """The configured local calendar users."""
+
+    def local_user(self, address: str) -> UserPolicy | None: ...
+
+    def is_local(self, address: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ProcessingOptions:
+    """Processing settings, copied from the configuration by the app."""
+
+    hostname: str = "localhost"
+    significant: frozenset[str] = frozenset(
+        {"DTSTART", "DTEND", "DURATION", "DUE", "RRULE", "RDATE", "EXDATE", "STATUS", "LOCATION"}
+    )
+    max_instances: int = 1000
+    max_attendees: int = 2000
+    max_calendar_bytes: int = 2 * 1024 * 1024
+    auto_reply_limit_per_hour: int = 30
+    trusted_authserv_ids: tuple[str, ...] = ()
+    attendee_relays: tuple[str, ...] = ()
+    require_dmarc_pass: bool = False
+    lease_seconds: float = 300.0
+    max_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """The outcome of one calendar part (or one iTIP message in it) for one recipient."""
+
+    part_index: int
+    recipient: str
+    outcome: str
+    reason: str
+    method: str = ""
+    component: str = ""
+    uid: str = ""
+    recurrence_id: str = ""
+
+    def as_dict(self) -> dict[str, str | int]:
+        return {
+            "part": self.part_index,
+            "recipient": self.recipient,
+            "method": self.method,
+            "component": self.component,
+            "uid": self.uid,
+            "recurrence_id": self.recurrence_id,
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class _Run:
+    """State of processing one journal row inside its transaction."""
+
+    journal_id: int
+    source: str
+    extraction: Extraction
+    identity: SenderIdentity
+    now: datetime
+    results: list[PartResult] = field(default_factory=list)
+    queued: int = 0
+
+
+class Processor:
+    """Turns journal rows into outcomes; synchronous core, called in a store thread."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        options: ProcessingOptions,
+        *,
+        new_message_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.options = options
+        self._new_message_id = new_message_id or (
+            lambda: f"<{uuid.uuid4().hex}@{options.hostname}>"
+        )
+
+    # --- journal rows ---------------------------------------------------------------
+
+    def claim(self, s: Tx, now: datetime, limit: int) -> list[int]:
+        """Lease up to ``limit`` pending rows (or rows whose lease expired)."""
+        rows = journal.claim_pending(
+            s, now=now, lease_seconds=self.options.lease_seconds, limit=limit
+        )
+        return [r.id for r in rows]
+
+    def process_row(self, s: Tx, journal_id: int, now: datetime) -> list[PartResult]:
+        """Process one journal row completely, in the caller's transaction."""
+        row = s.get(JournalRow, journal_id)
+        if row is None:
+            return []
+        extraction = extract(bytes(row.raw), max_calendar_bytes=self.options.max_calendar_bytes)
+        identity = sender_identity(
+            extraction,
+            envelope_from=row.envelope_from or "",
+            trusted_authserv_ids=self.options.trusted_authserv_ids,
+            attendee_relays=self.options.attendee_relays,
+        )
+        if row.source in ("ingest-trusted", "send"):
+            identity = replace(identity, local_submission=True)
+        run = _Run(journal_id, row.source, extraction, identity, now)
+        recipients = self._recipients(list(row.envelope_to or []), extraction, row.source)
+        self._dispatch(s, run, recipients)
+        for res in run.results:
+            journal.add_outcome(
+                s,
+                journal_id,
+                part_index=res.part_index,
+                recipient=res.recipient or "-",
+                outcome=res.outcome,
+                reason=res.reason[:2000],
+                now=now,
+                method=res.method or None,
+                component=res.component or None,
+                uid=res.uid or None,
+                recurrence_id=res.recurrence_id or None,
+            )
+        status, outcome, reason = _summarise(run.results)
+        journal.finish(s, journal_id, status, outcome=outcome, reason=reason, now=now)
+        return run.results
+
+    def fail_row(self, s: Tx, journal_id: int, error: str, now: datetime) -> bool:
+        """Record a processing failure; quarantine after ``max_attempts``.
+
+        Returns True when the row was quarantined (it will not be retried).
+        """
+        row = s.get(JournalRow, journal_id)
+        if row is None:
+            return True
+        if row.attempts >= self.options.max_attempts:
+            journal.finish(
+                s,
+                journal_id,
+                "quarantined",
+                outcome=Outcome.QUARANTINED_INVALID.value,
+                reason=f"processing failed {row.attempts} times: {error}"[:2000],
+                now=now,
+            )
+            return True
+        # Leave it claimable again soon (the lease decides when).
+        row.status = "pending"
+        row.lease_until = None
+        row.reason = f"attempt {row.attempts} failed: {error}"[:2000]
+        return False
+
+    # --- who is this for ----------------------------------------------------------------
+
+    def _recipients(self, envelope_to: list[str], ext: Extraction, source: str) -> list[str]:
+        out: list[str] = []
+        for addr in envelope_to:
+            user = self.directory.local_user(addr)
+            if user is not None and user.address not in out:
+                out.append(user.address)
+        if out or source not in ("ingest", "ingest-trusted", "send"):
+            return out
+        # A piped message without --recipient: every local user the calendar names.
+        for part in ext.parts:
+            try:
+                roots = parse(part.text)
+            except ICalError:
+                continue
+            for root in roots:
+                for comp in root.walk():
+                    for prop in comp.properties:
+                        if prop.name in ("ATTENDEE", "ORGANIZER"):
+                            user = self.directory.local_user(prop.value)
+                            if user is not None and user.address not in out:
+                                out.append(user.address)
+        return out
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def _dispatch(self, s: Tx, run: _Run, recipients: list[str]) -> None:
+        ext = run.extraction
+        if ext.generated_by_us:
+            run.results.append(
+                PartResult(0, "", Outcome.IGNORED_LOOP.value, "message was sent by this gateway")
+            )
+            return
+        if ext.dsn is not None:
+            self._delivery_report(s, run)
+            return
+        if not ext.parts:
+            reason = "; ".join(ext.problems) or "no text/calendar or application/ics part"
+            outcome = Outcome.IGNORED_NO_CALENDAR
+            run.results.append(PartResult(0, "", outcome.value, f"no calendar data: {reason}"))
+            return
+        if not recipients:
+            run.results.append(
+                PartResult(
+                    0,
+                    "",
+                    Outcome.IGNORED_NOT_LOCAL.value,
+                    "no local calendar user among the recipients",
+                )
+            )
+            return
+        for part in ext.parts:
+            parsed = parse_itip(part.text, mime_method=part.mime_method)
+            warnings = list(part.warnings) + parsed.warnings
+            for problem in parsed.problems:
+                for rcpt in recipients:
+                    run.results.append(
+                        PartResult(
+                            part.index,
+                            rcpt,
+                            Outcome.QUARANTINED_INVALID.value,
+                            problem,
+                            method=part.method or "",
+                        )
+                    )
+            for msg in parsed.messages:
+                for rcpt in recipients:
+                    decision = self._decide_and_apply(s, run, msg, rcpt, part.index)
+                    reason = decision.reason
+                    notes = warnings + decision.warnings
+                    if notes:
+                        reason = f"{reason} (warnings: {'; '.join(dict.fromkeys(notes))})"
+                    run.results.append(
+                        PartResult(
+                            part.index,
+                            rcpt,
+                            decision.outcome.value,
+                            reason,
+                            method=msg.method,
+                            component=msg.component_type,
+                            uid=msg.uid,
+                            recurrence_id=decision.recurrence_id,
+                        )
+                    )
+
+    def _context(self, user: UserPolicy, identity: SenderIdentity, now: datetime) -> Context:
+        return Context(
+            owner=user,
+            sender=identity,
+            now=now,
+            significant=self.options.significant,
+            max_instances=self.options.max_instances,
+            max_attendees=self.options.max_attendees,
+            is_local=self.directory.is_local,
+        )
+
+    def _decide_and_apply(
+        self, s: Tx, run: _Run, msg: ITipMessage, recipient: str, part_index: int
+    ) -> Decision:
+        user = self.directory.local_user(recipient)
+        if user is None:  # pragma: no cover - recipients are filtered already
+            return Decision(Outcome.IGNORED_NOT_LOCAL, f"{recipient} is not a local user")
+        identity = run.identity
+        if (
+            self.options.require_dmarc_pass
+            and identity.dmarc.value != "pass"
+            and not identity.local_submission
+        ):
+            return Decision(
+                Outcome.REJECTED_UNAUTHORISED,
+                f"DMARC did not pass (dmarc={identity.dmarc.value}) and the deployment requires it",
+            )
+        ctx = self._context(user, identity, run.now)
+        plan = engine.load_plan(msg, user.address)
+        stored, object_id = scheduling.load(
+            s,
+            user.address,
+            msg.uid,
+            addresses=plan.attendee_addresses,
+            with_held=plan.held,
+        )
+        window = engine.busy_window(msg, ctx)
+        if window is not None:
+            ctx = replace(
+                ctx,
+                busy=scheduling.busy_between(
+                    s, user.address, window[0], window[1], exclude_object_id=object_id
+                ),
+            )
+        decision = engine.process(msg, stored, ctx)
+        self._apply(s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id)
+        return decision
+
+    def _apply(
+        self,
+        s: Tx,
+        run: _Run,
+        user: UserPolicy,
+        uid: str,
+        object_id: int | None,
+        decision: Decision,
+        *,
+        journal_id: int | None,
+        depth: int = 0,
+    ) -> None:
+        object_id = scheduling.apply(s, user.address, uid, object_id, decision.changes, run.now)
+        for request in decision.hold:
+            scheduling.hold(s, user.address, uid, request, journal_id, run.now)
+        for out in decision.outgoing:
+            self._queue(s, run, user, out, object_id)
+        if decision.release and depth < 3:
+            self._release(s, run, user, uid, depth)
+
+    def _release(self, s: Tx, run: _Run, user: UserPolicy, uid: str, depth: int) -> None:
+        """Re-run held messages now that their object exists (RFC 5546 section 5.2.1)."""
+        for item in scheduling.held_items(s, user.address, uid):
+            if item.kind not in _AUTO_RELEASE:
+                continue
+            parsed = parse_itip(item.payload)
+            msgs = [m for m in parsed.messages if m.uid == uid]
+            if not msgs:
+                resolve = ResolveHeld(item.id, "discarded: held payload no longer parses")
+                scheduling.apply(s, user.address, uid, None, [resolve], run.now)
+                continue
+            # The sender was checked against the message's headers when it was held;
+            # its From address is what the engine authorises against now.
+            identity = SenderIdentity(from_addresses=(item.sender,))
+            ctx = self._context(user, identity, run.now)
+            plan = engine.load_plan(msgs[0], user.address)
+            stored, object_id = scheduling.load(
+                s, user.address, uid, addresses=plan.attendee_addresses, with_held=False
+            )
+            decision = engine.process(msgs[0], stored, ctx)
+            if decision.outcome == Outcome.HELD_PENDING:
+                continue  # still waiting; do not hold a second copy
+            resolved = ResolveHeld(item.id, f"released: {decision.outcome.value}")
+            changes = [*decision.changes, resolved]
+            decision = replace(decision, changes=changes, hold=[])
+            self._apply(s, run, user, uid, object_id, decision, journal_id=None, depth=depth + 1)
+            run.results.append(
+                PartResult(
+                    -1,
+                    user.address,
+                    decision.outcome.value,
+                    f"held {item.kind} #{item.id} from {item.sender} released: {decision.reason}",
+                    method=item.method,
+                    uid=uid,
+                )
+            )
+
+    def _queue(
+        self,
+        s: Tx,
+        run: _Run,
+        user: UserPolicy,
+        out: OutgoingMessage,
+        object_id: int | None,
+    ) -> None:
+        ext = run.extraction
+        # RFC 3834 section 2: never answer automatic replies or bounces automatically.
+        if out.auto and (ext.is_bounce or (ext.auto_submitted or "no") == "auto-replied"):
+            return
+        for recipient in out.recipients:
+            if not recipient or normalise(recipient) == user.address:
+                continue
+            if out.auto and not rate.hit(
+                s, recipient, run.now, 3600.0, self.options.auto_reply_limit_per_hour
+            ):
+                log.warning("automatic %s to %s suppressed: rate limit", out.method, recipient)
+                continue
+            composed = compose_outgoing(
+                out,
+                recipient=recipient,
+                owner=user,
+                now=run.now,
+                message_id=self._new_message_id(),
+                in_reply_to=ext.message_id if out.answering else None,
+                references=ext.references,
+            )
+            outbox.enqueue(
+                s,
+                owner=user.address,
+                sender=out.sender or user.address,
+                recipient=recipient,
+                method=out.method,
+                uid=out.uid,
+                payload=composed.data,
+                message_id=composed.message_id,
+                now=run.now,
+                instance_key=out.instance_key,
+                journal_id=run.journal_id,
+                object_id=object_id,
+            )
+            run.queued += 1
+
+    # --- delivery status notifications ---------------------------------------------------
+
+    def _delivery_report(self, s: Tx, run: _Run) -> None:
+        dsn = run.extraction.dsn
+        assert dsn is not None
+        row = None
+        for mid in dsn.original_message_ids or (
+            (dsn.original_message_id,) if dsn.original_message_id else ()
+        ):
+            row = scheduling.outbox_by_message_id(s, mid)
+            if row is not None:
+                break
+        if row is None:
+            run.results.append(
+                PartResult(
+                    0,
+                    "",
+                    Outcome.IGNORED_UNKNOWN.value,
+                    "delivery report for a message this gateway did not send",
+                )
+            )
+            return
+        for rcpt in dsn.failed() or dsn.recipients:
+            if not rcpt.permanent_failure:
+                continue
+            address = rcpt.final_recipient or row.recipient
+            mapped = record_delivery_failure(
+                s, row.object_id, row.instance_key, address, rcpt.status, rcpt.diagnostic, run.now
+            )
+            run.results.append(
+                PartResult(
+                    0,
+                    row.owner,
+                    Outcome.APPLIED.value if mapped else Outcome.IGNORED_UNKNOWN.value,
+                    f"delivery to {address} failed permanently ({rcpt.status}): "
+                    + ("recorded as SCHEDULE-STATUS" if mapped else "attendee not found"),
+                    method=row.method,
+                    uid=row.uid,
+                )
+            )
+        if not run.results:
+            run.results.append(
+                PartResult(
+                    0,
+                    row.owner,
+                    Outcome.IGNORED_POLICY.value,
+                    "delivery report without a permanent failure",
+                )
+            )
+
+
+def record_delivery_failure(
+    s: Tx,
+    object_id: int | None,
+    instance_key: str,
+    address: str,
+    status: str,
+    diagnostic: str,
+    now: datetime,
+) -> bool:
+    """Reflect a permanent delivery failure on the attendee (RFC 6638-style SCHEDULE-STATUS).
+
+    iTIP has no message for "your invitation bounced"; CalDAV scheduling (RFC 6638
+    section 3.2.9) records it as SCHEDULE-STATUS 5.x on the attendee, which is what the
+    organiser's copy shows here too.  Returns False when no attendee row matched.
+    """
+    if object_id is None:
+        return False
+    rows = objects.get_attendee_rows(s, object_id, addresses=[normalise(address)])
+    if not rows:
+        return False
+    code = status if status[:1] in "2345" else "5.1"
+    for att in rows:
+        if instance_key and att.instance_key not in ("", instance_key):
+            continue
+        objects.upsert_attendee(
+            s,
+            object_id,
+            att.instance_key,
+            att.address,
+            now=now,
+            schedule_status=code,
+            request_status=f"{code};Delivery failed;{diagnostic[:200]}",
+        )
+    return True
+
+
+def _summarise(results: Sequence[PartResult]) -> tuple[journal.JournalStatus, str, str]:
+    """Journal status, headline outcome and reason of a processed message."""
+    if not results:
+        return "done", Outcome.IGNORED_NO_CALENDAR.value, "nothing to do"
+    outcomes = [r.outcome for r in results]
+    quarantined = all(o in _QUARANTINE for o in outcomes)
+    status: journal.JournalStatus = "quarantined" if quarantined else "done"
+    headline = max(set(outcomes), key=outcomes.count)
+    for preferred in (Outcome.APPLIED.value, Outcome.RECORDED.value):
+        if preferred in outcomes:
+            headline = preferred
+            break
+    reasons = "; ".join(dict.fromkeys(f"{r.outcome}: {r.reason}" for r in results))
+    return status, headline, reasons[:4000]
