@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from gateway.domain import engine
+from gateway.domain import engine, submission
 from gateway.domain.addresses import normalise
-from gateway.domain.ical import ICalError, parse
+from gateway.domain.ical import Component, ICalError, parse
 from gateway.domain.identity import SenderIdentity
 from gateway.domain.message import parse_itip
 from gateway.domain.model import (
@@ -32,7 +32,7 @@ from gateway.domain.model import (
     ResolveHeld,
     UserPolicy,
 )
-from gateway.mime.extract import Extraction, extract
+from gateway.mime.extract import CalendarPart, Extraction, calendar_method, extract
 from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
 from gateway.store import journal, objects, outbox, rate, scheduling
@@ -108,7 +108,7 @@ class PartResult:
 class _Run:
     """State of processing one journal row inside its transaction."""
 
-    journal_id: int
+    journal_id: int | None
     source: str
     extraction: Extraction
     identity: SenderIdentity
@@ -147,18 +147,25 @@ class Processor:
         row = s.get(JournalRow, journal_id)
         if row is None:
             return []
-        extraction = extract(bytes(row.raw), max_calendar_bytes=self.options.max_calendar_bytes)
+        raw = bytes(row.raw)
+        if row.source == "send":
+            extraction = bare_calendar(raw)  # `imip-gateway send FILE.ics`: no mail around it
+        else:
+            extraction = extract(raw, max_calendar_bytes=self.options.max_calendar_bytes)
         identity = sender_identity(
             extraction,
             envelope_from=row.envelope_from or "",
             trusted_authserv_ids=self.options.trusted_authserv_ids,
             attendee_relays=self.options.attendee_relays,
         )
-        if row.source in ("ingest-trusted", "send"):
+        if row.source == "send":
             identity = replace(identity, local_submission=True)
         run = _Run(journal_id, row.source, extraction, identity, now)
-        recipients = self._recipients(list(row.envelope_to or []), extraction, row.source)
-        self._dispatch(s, run, recipients)
+        if row.source == "relay":
+            self._relay(s, run, row.envelope_from or "", list(row.envelope_to or []), raw)
+        else:
+            recipients = self._recipients(list(row.envelope_to or []), extraction, row.source)
+            self._dispatch(s, run, recipients)
         for res in run.results:
             journal.add_outcome(
                 s,
@@ -177,6 +184,18 @@ class Processor:
         journal.finish(s, journal_id, status, outcome=outcome, reason=reason, now=now)
         return run.results
 
+    def process_now(self, s: Tx, journal_id: int, now: datetime) -> list[PartResult] | None:
+        """Process a row that is still ``pending`` right away (the ``ingest`` command).
+
+        Returns None when the row is not pending any more (a running daemon took it);
+        the caller then reads the recorded outcomes from the journal.
+        """
+        row = s.get(JournalRow, journal_id, with_for_update=True)
+        if row is None or row.status != "pending":
+            return None
+        row.attempts += 1
+        return self.process_row(s, journal_id, now)
+
     def fail_row(self, s: Tx, journal_id: int, error: str, now: datetime) -> bool:
         """Record a processing failure; quarantine after ``max_attempts``.
 
@@ -185,6 +204,9 @@ class Processor:
         row = s.get(JournalRow, journal_id)
         if row is None:
             return True
+        if row.status == "pending":
+            # process_now's own attempt was rolled back with the failed decision.
+            row.attempts += 1
         if row.attempts >= self.options.max_attempts:
             journal.finish(
                 s,
@@ -209,9 +231,11 @@ class Processor:
             user = self.directory.local_user(addr)
             if user is not None and user.address not in out:
                 out.append(user.address)
-        if out or source not in ("ingest", "ingest-trusted", "send"):
+        if out or source not in ("ingest", "send"):
             return out
-        # A piped message without --recipient: every local user the calendar names.
+        # A piped message without --recipient: every local user the calendar names
+        # (for an organiser's submission, only the ORGANIZER).
+        names = ("ORGANIZER",) if source == "send" else ("ATTENDEE", "ORGANIZER")
         for part in ext.parts:
             try:
                 roots = parse(part.text)
@@ -220,7 +244,7 @@ class Processor:
             for root in roots:
                 for comp in root.walk():
                     for prop in comp.properties:
-                        if prop.name in ("ATTENDEE", "ORGANIZER"):
+                        if prop.name in names:
                             user = self.directory.local_user(prop.value)
                             if user is not None and user.address not in out:
                                 out.append(user.address)
@@ -269,7 +293,10 @@ class Processor:
                     )
             for msg in parsed.messages:
                 for rcpt in recipients:
-                    decision = self._decide_and_apply(s, run, msg, rcpt, part.index)
+                    if run.source == "send":
+                        decision = self._submit(s, run, msg, rcpt)
+                    else:
+                        decision = self._decide_and_apply(s, run, msg, rcpt, part.index)
                     reason = decision.reason
                     notes = warnings + decision.warnings
                     if notes:
@@ -286,6 +313,24 @@ class Processor:
                             recurrence_id=decision.recurrence_id,
                         )
                     )
+
+    def apply_decision(
+        self,
+        s: Tx,
+        user: UserPolicy,
+        uid: str,
+        object_id: int | None,
+        decision: Decision,
+        now: datetime,
+    ) -> None:
+        """Apply a decision made outside a journaled message (operator commands)."""
+        identity = SenderIdentity(from_addresses=(user.address,), local_submission=True)
+        run = _Run(None, "cli", Extraction(), identity, now)
+        self._apply(s, run, user, uid, object_id, decision, journal_id=None)
+
+    def context(self, user: UserPolicy, identity: SenderIdentity, now: datetime) -> Context:
+        """The engine context for ``user`` (public for operator commands)."""
+        return self._context(user, identity, now)
 
     def _context(self, user: UserPolicy, identity: SenderIdentity, now: datetime) -> Context:
         return Context(
@@ -332,6 +377,82 @@ class Processor:
                 ),
             )
         decision = engine.process(msg, stored, ctx)
+        self._apply(s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id)
+        return decision
+
+    def _submit(self, s: Tx, run: _Run, msg: ITipMessage, owner: str) -> Decision:
+        """An organiser's own event or change (``imip-gateway send``), issue 3 source 1."""
+        user = self.directory.local_user(owner)
+        if user is None:  # pragma: no cover - recipients are filtered already
+            return Decision(Outcome.IGNORED_NOT_LOCAL, f"{owner} is not a local user")
+        ctx = self._context(user, run.identity, run.now)
+        stored, object_id = scheduling.load(s, user.address, msg.uid, with_held=True)
+        calendar = Component("VCALENDAR", [p.copy() for p in msg.calendar.properties])
+        calendar.components = [*msg.timezones, *msg.components]
+        decision = submission.submit(calendar, stored, ctx)
+        self._apply(s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id)
+        return decision
+
+    def _relay(self, s: Tx, run: _Run, sender: str, rcpts: list[str], raw: bytes) -> None:
+        """Outbound relay mode (issue 3 source 2): record the organiser copy of what a
+        local organiser sends, then forward the mail unchanged to its recipients."""
+        user = self.directory.local_user(sender)
+        remote = [r for r in rcpts if not self.directory.is_local(r)]
+        if user is not None:
+            for part in run.extraction.parts:
+                parsed = parse_itip(part.text, mime_method=part.mime_method)
+                for msg in parsed.messages:
+                    decision = self._record_outbound(s, run, user, msg)
+                    run.results.append(
+                        PartResult(
+                            part.index,
+                            user.address,
+                            decision.outcome.value,
+                            decision.reason,
+                            method=msg.method,
+                            component=msg.component_type,
+                            uid=msg.uid,
+                            recurrence_id=decision.recurrence_id,
+                        )
+                    )
+        message_id = run.extraction.message_id or self._new_message_id()
+        for rcpt in remote:
+            outbox.enqueue(
+                s,
+                owner=user.address if user is not None else normalise(sender),
+                sender=normalise(sender),
+                recipient=rcpt,
+                method="FORWARD",
+                uid="",
+                payload=raw,
+                message_id=message_id,
+                now=run.now,
+                journal_id=run.journal_id,
+            )
+            run.queued += 1
+        run.results.append(
+            PartResult(
+                0,
+                normalise(sender),
+                Outcome.APPLIED.value,
+                f"forwarded unchanged to {len(remote)} remote recipient(s)",
+            )
+        )
+
+    def _record_outbound(self, s: Tx, run: _Run, user: UserPolicy, msg: ITipMessage) -> Decision:
+        if msg.method not in ("REQUEST", "CANCEL", "ADD", "PUBLISH"):
+            return Decision(
+                Outcome.IGNORED_UNSUPPORTED, f"{msg.method} is not an organiser message"
+            )
+        organizer = normalise(msg.components[0].value("ORGANIZER") if msg.components else "")
+        if organizer != user.address:
+            return Decision(
+                Outcome.IGNORED_POLICY,
+                f"ORGANIZER {organizer or '(none)'} is not the sending local user {user.address}",
+            )
+        ctx = self._context(user, replace(run.identity, local_submission=True), run.now)
+        stored, object_id = scheduling.load(s, user.address, msg.uid, with_held=True)
+        decision = submission.record_outbound(msg, stored, ctx)
         self._apply(s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id)
         return decision
 
@@ -522,6 +643,22 @@ def record_delivery_failure(
             request_status=f"{code};Delivery failed;{diagnostic[:200]}",
         )
     return True
+
+
+def bare_calendar(raw: bytes) -> Extraction:
+    """An :class:`Extraction` for a bare iCalendar file (no mail around it)."""
+    text = raw.decode("utf-8", "replace").lstrip("\ufeff")
+    part = CalendarPart(
+        index=0,
+        text=text,
+        content_type="text/calendar",
+        mime_method=None,
+        method=calendar_method(text),
+        charset="utf-8",
+        filename=None,
+        source="text/calendar",
+    )
+    return Extraction(parts=(part,))
 
 
 def _summarise(results: Sequence[PartResult]) -> tuple[journal.JournalStatus, str, str]:
