@@ -31,7 +31,9 @@ def normalise(value: str | None) -> str:
     if match:
         text = match.group(1)
     text = _WS.sub("", text)
-    if text[:7].lower() == "mailto:":
+    # Strip repeatedly: KDE has sent "mailto:mailto:user@host"; normalise must be
+    # idempotent or the same attendee would compare unequal to itself.
+    while text[:7].lower() == "mailto:":
         text = text[7:]
     return text.strip().strip('"').lower()
 

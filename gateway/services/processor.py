@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 _QUARANTINE = {Outcome.QUARANTINED_INVALID.value}
 # Held items that may be re-run automatically once the object they wait for exists
 # (RFC 5546 section 5.2.1); the others wait for a human.
-_AUTO_RELEASE = {"early-cancel", "early-reply", "unknown-delegate"}
+_AUTO_RELEASE = {"early-cancel", "early-add", "early-reply", "unknown-delegate"}
 
 
 class Directory(Protocol):
@@ -231,7 +231,7 @@ class Processor:
             user = self.directory.local_user(addr)
             if user is not None and user.address not in out:
                 out.append(user.address)
-        if out or source not in ("ingest", "send"):
+        if out or envelope_to or source not in ("ingest", "send"):
             return out
         # A piped message without --recipient: every local user the calendar names
         # (for an organiser's submission, only the ORGANIZER).

@@ -9,11 +9,9 @@ source ``send`` so it is audited like any inbound message.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from enum import Enum
 from types import TracebackType
 from typing import Any
 
@@ -31,20 +29,6 @@ from gateway.store.tx import Tx
 __all__ = ["GatewayServices"]
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    return value
 
 
 class GatewayServices:
@@ -154,5 +138,4 @@ class GatewayServices:
 
     def aggregate(self, stored: StoredObject) -> dict[str, Any]:
         """The organiser's reply aggregation as JSON-ready values."""
-        result = _jsonable(aggregate.aggregate(stored))
-        return result if isinstance(result, dict) else {"result": result}
+        return aggregate.aggregate(stored).to_dict()

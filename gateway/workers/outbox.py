@@ -1,0 +1,320 @@
+"""The outbox worker: lease due rows, send them through the relay, record what happened.
+
+Outgoing iMIP mail (RFC 6047) is written to the outbox in the same transaction as the
+scheduling change that caused it; this worker delivers it (ARCHITECTURE.md section 6):
+
+* rows are **claimed with a lease** (:func:`gateway.store.outbox.claim_due`); a worker
+  that crashes mid-send leaves its rows leased, and once the lease expires any worker
+  (on any replica) claims them again.  Delivery is therefore at-least-once: a crash after
+  the relay's 250 but before ``mark_sent`` sends the message again, which recipients
+  tolerate (the same Message-ID, SEQUENCE and DTSTAMP make the repeat a no-op in iTIP);
+* at most ``max_connections`` sends run at once, matching the relay connection pool;
+* a 2xx marks the row ``sent`` (it keeps the Message-ID it was composed with);
+* a 4xx reply or a network error (RFC 5321 section 4.2.1: transient) is retried with
+  exponential backoff and jitter, from ``retry_initial_seconds`` doubling up to
+  ``retry_max_seconds``; after ``max_age_hours`` the row is given up as ``failed``,
+  like an MTA's maximal queue lifetime (RFC 5321 section 4.5.4.1);
+* a 5xx reply is permanent: the row is ``failed`` at once, and ``on_permanent_failure``
+  is called so the service can record SCHEDULE-STATUS/REQUEST-STATUS 5.x on the
+  attendee (RFC 6638 section 3.2.9 / RFC 5546 section 3.6).  The same callback reports
+  rows given up after ``max_age_hours`` (``expired=True``).
+
+The worker sleeps until :meth:`OutboxWorker.notify` (new rows were committed) or a
+short poll interval (rows that became due, leases that expired).  On shutdown it stops
+claiming and waits (bounded) for the sends in flight; a send cut short keeps its lease
+and is picked up again after it expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from gateway.store import outbox
+from gateway.store.facade import Store
+from gateway.store.models import OutboxRow
+
+__all__ = [
+    "Clock",
+    "DeliveryResult",
+    "FailedDelivery",
+    "MailSender",
+    "OutboxOptions",
+    "OutboxWorker",
+]
+
+log = logging.getLogger(__name__)
+
+#: Returns the current time as an aware UTC datetime (injected so tests can move it).
+Clock = Callable[[], datetime]
+
+
+class DeliveryResult(Protocol):
+    """What a sender reports (:class:`gateway.transports.smtp_sender.SendResult`)."""
+
+    @property
+    def status(self) -> Literal["sent", "temporary", "permanent"]: ...
+
+    @property
+    def code(self) -> int | None: ...
+
+    def describe(self) -> str: ...
+
+
+class MailSender(Protocol):
+    """Hands one message to the relay (:class:`gateway.transports.smtp_sender.RelaySender`)."""
+
+    async def send(
+        self, mail_from: str, rcpt_tos: Sequence[str], data: bytes
+    ) -> DeliveryResult: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A row that will not be delivered: refused with 5xx, or given up after max age."""
+
+    row: OutboxRow  # the row as claimed (a detached snapshot)
+    code: int | None
+    reason: str
+    expired: bool  # True: temporary failures until max_age_hours; False: a 5xx
+
+
+PermanentFailureCallback = Callable[[FailedDelivery], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxOptions:
+    """Plain settings (the app maps ``[relay]`` onto it)."""
+
+    max_connections: int = 2
+    retry_initial_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    max_age_hours: float = 72.0
+    # Must comfortably exceed one send (connect + transaction timeouts): a lease that
+    # expires while the send is still running lets a second worker send it too.
+    lease_seconds: float = 600.0
+    poll_interval_seconds: float = 5.0
+    # Envelope sender (RFC 5321 MAIL FROM) for every message; "" = the row's sender.
+    # Pointing it at the gateway's own address routes bounces (RFC 3464) back to us.
+    envelope_from: str = ""
+    worker_id: str = ""  # lease owner name; "" = host:pid:random
+    drain_seconds: float = 30.0
+
+
+class OutboxWorker:
+    """A daemon ``Runnable`` delivering the outbox; see the module docstring."""
+
+    name = "outbox"
+
+    def __init__(
+        self,
+        store: Store,
+        sender: MailSender,
+        clock: Clock,
+        options: OutboxOptions,
+        on_permanent_failure: PermanentFailureCallback | None = None,
+        *,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if options.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self.options = options
+        self._on_permanent_failure = on_permanent_failure
+        self._rng = rng
+        self.worker_id = options.worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        )
+        self._wake = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def notify(self) -> None:
+        """New rows were committed: look now instead of at the next poll.
+
+        Call from the event loop thread (e.g. right after the unit of work returned).
+        """
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        watcher = asyncio.create_task(self._wake_on(stopping), name="outbox-stop-watch")
+        log.info(
+            "outbox worker %s started (%d concurrent sends)",
+            self.worker_id,
+            self.options.max_connections,
+        )
+        try:
+            while not stopping.is_set():
+                free = self.options.max_connections - len(self._inflight)
+                if free <= 0:
+                    # Every slot busy: wait for a send to finish (or for shutdown).
+                    await asyncio.wait(
+                        {*self._inflight, watcher}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    continue
+                # Clear before claiming: a notify() that arrives while we claim is kept
+                # for the next round rather than lost.
+                self._wake.clear()
+                rows = await self._claim(free)
+                for row in rows:
+                    self._start(row)
+                if len(rows) == free:
+                    continue  # there may be more due rows; claim again once a slot frees
+                await self._sleep()
+        finally:
+            watcher.cancel()
+            await self._drain()
+
+    # -- loop helpers ---------------------------------------------------------------------
+
+    async def _wake_on(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self._wake.set()
+
+    async def _sleep(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_seconds)
+
+    async def _claim(self, limit: int) -> list[OutboxRow]:
+        try:
+            return await self._store.run(
+                outbox.claim_due,
+                now=self._clock(),
+                lease_owner=self.worker_id,
+                lease_seconds=self.options.lease_seconds,
+                limit=limit,
+            )
+        except Exception:
+            # Database down: nothing is lost (rows stay due); try again at the next poll.
+            log.exception("could not claim outbox rows; retrying at the next poll")
+            return []
+
+    def _start(self, row: OutboxRow) -> None:
+        task = asyncio.create_task(self._deliver(row), name=f"outbox-{row.id}")
+        self._inflight.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._wake.set()  # a slot is free
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        log.info("outbox: waiting for %d send(s) in flight", len(self._inflight))
+        _, pending = await asyncio.wait(set(self._inflight), timeout=self.options.drain_seconds)
+        for task in pending:
+            # The lease stays; the row is sent again after it expires.
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    # -- one row ------------------------------------------------------------------------------
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        mail_from = self.options.envelope_from or row.sender
+        try:
+            result = await self._sender.send(mail_from, [row.recipient], row.payload)
+        except Exception as exc:
+            # A sender bug must not kill the worker; treat it as a temporary failure.
+            log.exception("sender failed on outbox row %d", row.id)
+            await self._retry_or_expire(row, None, f"sender error: {type(exc).__name__}: {exc}")
+            return
+        try:
+            if result.status == "sent":
+                await self._mark_sent(row)
+            elif result.status == "permanent":
+                await self._fail(row, result.code, result.describe(), expired=False)
+            else:
+                await self._retry_or_expire(row, result.code, result.describe())
+        except Exception:
+            # The store is unreachable: the row keeps its lease and is retried when it
+            # expires (a sent message may then go out twice; see the module docstring).
+            log.exception("could not record the outcome of outbox row %d", row.id)
+
+    async def _mark_sent(self, row: OutboxRow) -> None:
+        ok = await self._store.run(
+            outbox.mark_sent, row.id, self._clock(), lease_owner=self.worker_id
+        )
+        if ok:
+            log.info(
+                "sent outbox row %d (%s %s to %s, Message-ID %s, attempt %d)",
+                row.id,
+                row.method,
+                row.uid,
+                row.recipient,
+                row.message_id,
+                row.attempts,
+            )
+        else:
+            self._lease_lost(row)
+
+    async def _retry_or_expire(self, row: OutboxRow, code: int | None, reason: str) -> None:
+        now = self._clock()
+        deadline = row.created_at + timedelta(hours=self.options.max_age_hours)
+        if now >= deadline:
+            given_up = (
+                f"gave up after {row.attempts} attempts in "
+                f"{self.options.max_age_hours:g} hours; last error: {reason}"
+            )
+            await self._fail(row, code, given_up, expired=True)
+            return
+        delay = outbox.backoff_delay(
+            row.attempts,
+            base_seconds=self.options.retry_initial_seconds,
+            cap_seconds=self.options.retry_max_seconds,
+            jitter=min(1.0, max(0.0, self._rng())),
+        )
+        # One last attempt at the deadline rather than none after it.
+        next_attempt = min(now + delay, deadline)
+        ok = await self._store.run(
+            outbox.mark_retry, row.id, reason, next_attempt, lease_owner=self.worker_id
+        )
+        if ok:
+            log.warning(
+                "outbox row %d to %s failed temporarily (attempt %d): %s; next try at %s",
+                row.id,
+                row.recipient,
+                row.attempts,
+                reason,
+                next_attempt.isoformat(),
+            )
+        else:
+            self._lease_lost(row)
+
+    async def _fail(self, row: OutboxRow, code: int | None, reason: str, *, expired: bool) -> None:
+        ok = await self._store.run(
+            outbox.mark_failed, row.id, reason, self._clock(), lease_owner=self.worker_id
+        )
+        if not ok:
+            self._lease_lost(row)
+            return
+        log.error("outbox row %d to %s failed permanently: %s", row.id, row.recipient, reason)
+        callback = self._on_permanent_failure
+        if callback is None:
+            return
+        try:
+            outcome = callback(FailedDelivery(row=row, code=code, reason=reason, expired=expired))
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            log.exception("on_permanent_failure failed for outbox row %d", row.id)
+
+    def _lease_lost(self, row: OutboxRow) -> None:
+        log.warning(
+            "outbox row %d: lease of %s was lost (expired and re-claimed elsewhere); "
+            "leaving the row to its new holder",
+            row.id,
+            self.worker_id,
+        )

@@ -1,0 +1,297 @@
+"""The processing pipeline end to end on a real store (SQLite and PostgreSQL).
+
+Mail in (as the ``ingest`` command and the listeners hand it over) -> journal ->
+extraction -> engine -> one transaction with state, outbox rows and outcomes.
+"""
+
+from __future__ import annotations
+
+import email
+
+import pytest
+
+from gateway.services import queries
+from gateway.store import journal
+from tests.services.helpers import (
+    ATTENDEE,
+    ORGANIZER,
+    OUTSIDER,
+    ROOM,
+    FrozenClock,
+    imip_mail,
+    open_services,
+    outbox_rows,
+    payload_of,
+    vevent,
+)
+
+
+def _outcomes(result: tuple[int, bool, list[dict[str, object]]]) -> list[str]:
+    return [str(o["outcome"]) for o in result[2]]
+
+
+def test_request_to_auto_accepting_user_stores_event_and_queues_accepted_reply(
+    db_url: str,
+) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE, message_id="<inv-1@client.test>")
+        journal_id, duplicate, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert not duplicate
+        assert [o["outcome"] for o in outcomes] == ["applied"]
+        assert outcomes[0]["uid"] == "evt-1@example.org"
+
+        events = svc.store.read_sync(queries.event_detail, "evt-1@example.org", ATTENDEE)
+        assert events[0]["role"] == "attendee"
+        bob = next(a for a in events[0]["instances"][0]["attendees"] if a["address"] == ATTENDEE)
+        assert bob["partstat"] == "ACCEPTED"
+
+        rows = outbox_rows(svc)
+        assert [(r["method"], r["recipient"]) for r in rows] == [("REPLY", ORGANIZER)]
+        mail = email.message_from_bytes(payload_of(svc, rows[0]["id"]))
+        assert mail["In-Reply-To"] == "<inv-1@client.test>"
+        assert mail["Auto-Submitted"] == "auto-replied"
+        cal = next(p for p in mail.walk() if p.get_content_type() == "text/calendar")
+        body = cal.get_payload(decode=True).decode()
+        assert "METHOD:REPLY" in body
+        assert "PARTSTAT=ACCEPTED" in body
+
+        detail = svc.store.read_sync(queries.message_detail, journal_id)
+        assert detail is not None
+        assert detail["status"] == "done"
+
+
+def test_duplicate_delivery_is_recognised_and_not_applied_twice(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE, message_id="<dup@client.test>")
+        first = svc.ingest_now(raw, recipients=[ATTENDEE])
+        second = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert second[1] is True
+        assert second[0] == first[0]
+        assert _outcomes(second) == ["applied"]  # the first delivery's recorded outcome
+        assert len(outbox_rows(svc)) == 1
+
+
+def test_mail_without_calendar_gets_explicit_ignored_outcome(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = (
+            b"From: someone@example.com\r\nTo: bob@example.net\r\nSubject: hi\r\n"
+            b"Message-ID: <plain@x>\r\n\r\nJust text.\r\n"
+        )
+        journal_id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["ignored-no-calendar"]
+        detail = svc.store.read_sync(queries.message_detail, journal_id)
+        assert detail is not None
+        assert detail["status"] == "done"
+
+
+def test_unparseable_calendar_is_quarantined_with_reason_and_kept(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        broken = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:x\r\nEND:VCALENDAR\r\n"
+        raw = imip_mail(broken, sender=ORGANIZER, to=ATTENDEE)
+        journal_id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["quarantined-invalid"]
+        assert "does not close" in str(outcomes[0]["reason"])
+        detail = svc.store.read_sync(queries.message_detail, journal_id, with_raw=True)
+        assert detail is not None
+        assert detail["status"] == "quarantined"
+        assert "BEGIN:VEVENT" in detail["raw"]  # the message is kept, never lost
+
+
+def test_message_for_no_local_user_is_ignored_with_reason(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(attendees=((OUTSIDER, "NEEDS-ACTION"),)), sender=ORGANIZER, to=OUTSIDER
+        )
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[OUTSIDER])
+        assert [o["outcome"] for o in outcomes] == ["ignored-not-local"]
+
+
+def test_our_own_mail_coming_back_is_ignored_as_loop(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(), sender=ORGANIZER, to=ATTENDEE, extra_headers="X-IMIP-Gateway: 1\r\n"
+        )
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["ignored-loop"]
+        assert outbox_rows(svc) == []
+
+
+def test_auto_replied_request_is_applied_but_never_answered_automatically(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(),
+            sender=ORGANIZER,
+            to=ATTENDEE,
+            extra_headers="Auto-Submitted: auto-replied\r\n",
+        )
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["applied"]
+        assert outbox_rows(svc) == []  # RFC 3834: no automatic answer to an auto-reply
+
+
+def test_request_from_someone_else_than_the_organizer_is_refused(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(vevent(), sender=OUTSIDER, to=ATTENDEE)
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["rejected-unauthorised"]
+        assert svc.store.read_sync(queries.event_list, ATTENDEE) == []
+
+
+def test_alias_recipient_is_processed_for_the_primary_address(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(vevent(), sender=ORGANIZER, to="b@example.net")
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=["B@Example.NET"])
+        assert [(o["recipient"], o["outcome"]) for o in outcomes] == [(ATTENDEE, "applied")]
+
+
+def test_room_declines_a_conflicting_booking_and_accepts_a_free_slot(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        first = imip_mail(
+            vevent(uid="r1@x", attendees=((ROOM, "NEEDS-ACTION"),)), sender=ORGANIZER, to=ROOM
+        )
+        assert _outcomes(svc.ingest_now(first, recipients=[ROOM])) == ["applied"]
+        clash = imip_mail(
+            vevent(
+                uid="r2@x",
+                start="20260110T103000Z",
+                end="20260110T113000Z",
+                attendees=((ROOM, "NEEDS-ACTION"),),
+            ),
+            sender=ORGANIZER,
+            to=ROOM,
+        )
+        assert _outcomes(svc.ingest_now(clash, recipients=[ROOM])) == ["applied"]
+        replies = {r["uid"]: payload_of(svc, r["id"]).decode() for r in outbox_rows(svc)}
+        assert "PARTSTAT=ACCEPTED" in replies["r1@x"]
+        assert "PARTSTAT=DECLINED" in replies["r2@x"]
+
+
+def test_organiser_send_then_replies_are_aggregated_and_stale_ones_discarded(
+    db_url: str,
+) -> None:
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        ics = vevent(
+            method="REQUEST",
+            uid="org-1@example.org",
+            attendees=((ATTENDEE, "NEEDS-ACTION"), (OUTSIDER, "NEEDS-ACTION")),
+        ).encode()
+        _jid, sent = svc.send(ics)
+        assert [o["outcome"] for o in sent] == ["applied"]
+        requests = [r for r in outbox_rows(svc) if r["method"] == "REQUEST"]
+        assert sorted(str(r["recipient"]) for r in requests) == sorted([ATTENDEE, OUTSIDER])
+
+        def reply(partstat: str, dtstamp: str, mid: str) -> list[str]:
+            cal = vevent(
+                method="REPLY",
+                uid="org-1@example.org",
+                dtstamp=dtstamp,
+                attendees=((OUTSIDER, partstat),),
+            )
+            raw = imip_mail(cal, sender=OUTSIDER, to=ORGANIZER, method="REPLY", message_id=mid)
+            return _outcomes(svc.ingest_now(raw, recipients=[ORGANIZER]))
+
+        assert reply("ACCEPTED", "20260105T100000Z", "<r1@x>") == ["applied"]
+        # An older reply arriving late (RFC 5546 section 2.1.5) must not win.
+        assert reply("DECLINED", "20260105T090000Z", "<r0@x>") == ["ignored-stale"]
+
+        stored = svc.store.read_sync(queries.load_for_owner, "org-1@example.org", ORGANIZER)
+        report = svc.aggregate(stored[0])
+        text = str(report)
+        assert "ACCEPTED" in text
+        assert ATTENDEE in text  # bob has not answered yet
+
+
+def test_reply_before_the_organiser_copy_exists_is_held_then_applied(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        early = vevent(method="REPLY", uid="late@example.org", attendees=((OUTSIDER, "ACCEPTED"),))
+        raw = imip_mail(early, sender=OUTSIDER, to=ORGANIZER, method="REPLY")
+        assert _outcomes(svc.ingest_now(raw, recipients=[ORGANIZER])) == ["held-pending"]
+        ics = vevent(uid="late@example.org", attendees=((OUTSIDER, "NEEDS-ACTION"),)).encode()
+        _jid, outcomes = svc.send(ics)
+        assert "applied" in [o["outcome"] for o in outcomes]
+        events = svc.store.read_sync(queries.event_detail, "late@example.org", ORGANIZER)
+        who = {a["address"]: a["partstat"] for a in events[0]["instances"][0]["attendees"]}
+        assert who[OUTSIDER] == "ACCEPTED"
+        assert events[0]["held"] == []
+
+
+def test_delivery_report_for_a_sent_request_marks_the_attendee(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        ics = vevent(uid="dsn@example.org", attendees=((OUTSIDER, "NEEDS-ACTION"),)).encode()
+        svc.send(ics)
+        sent = next(r for r in outbox_rows(svc) if r["method"] == "REQUEST")
+        bounce = (
+            "From: MAILER-DAEMON@example.org\r\n"
+            f"To: {ORGANIZER}\r\n"
+            "Subject: Undelivered Mail Returned to Sender\r\n"
+            "Message-ID: <bounce-1@example.org>\r\n"
+            "MIME-Version: 1.0\r\n"
+            'Content-Type: multipart/report; report-type=delivery-status; boundary="r"\r\n'
+            "\r\n--r\r\nContent-Type: text/plain\r\n\r\nIt bounced.\r\n"
+            "--r\r\nContent-Type: message/delivery-status\r\n\r\n"
+            "Reporting-MTA: dns; mx.example.org\r\n\r\n"
+            f"Final-Recipient: rfc822; {OUTSIDER}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n\r\n"
+            "--r\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+            f"Message-ID: {sent['message_id']}\r\nSubject: Invitation\r\n\r\n--r--\r\n"
+        ).encode()
+        _id, _dup, outcomes = svc.ingest_now(bounce, recipients=[ORGANIZER], sender="")
+        assert [o["outcome"] for o in outcomes] == ["applied"]
+        events = svc.store.read_sync(queries.event_detail, "dsn@example.org", ORGANIZER)
+        att = next(a for a in events[0]["instances"][0]["attendees"] if a["address"] == OUTSIDER)
+        assert att["schedule_status"] == "5.1.1"
+
+
+def test_crashed_processing_is_resumed_after_the_lease_and_applied_once(db_url: str) -> None:
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE)
+        row, _dup = svc.store.run_sync(
+            journal.record_inbound,
+            raw,
+            message_id="<crash@x>",
+            source="smtp",
+            envelope_from=ORGANIZER,
+            envelope_to=[ATTENDEE],
+            now=clock(),
+        )
+        # A worker claims the row and dies before processing it.
+        assert svc.store.run_sync(svc.processor.claim, clock(), 10) == [row.id]
+        assert svc.store.run_sync(svc.processor.claim, clock(), 10) == []  # still leased
+        clock.advance(seconds=31)
+        ids = svc.store.run_sync(svc.processor.claim, clock(), 10)
+        assert ids == [row.id]
+        results = svc.store.run_sync(svc.processor.process_row, row.id, clock())
+        assert [r.outcome for r in results] == ["applied"]
+        clock.advance(seconds=60)
+        assert svc.store.run_sync(svc.processor.claim, clock(), 10) == []  # done: never again
+        assert len(outbox_rows(svc)) == 1
+
+
+def test_a_message_that_keeps_failing_is_quarantined_with_the_error(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.domain import engine
+
+    def boom(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("engine exploded")
+
+    with open_services(db_url) as svc:
+        monkeypatch.setattr(engine, "process", boom)
+        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE)
+        with pytest.raises(RuntimeError):
+            svc.ingest_now(raw, recipients=[ATTENDEE])
+        jid = svc.store.read_sync(queries.message_list)[0]["id"]
+        for _ in range(2):
+            assert svc.store.run_sync(svc.processor.claim, svc.clock(), 10) == [jid]
+            with pytest.raises(RuntimeError):
+                svc.store.run_sync(svc.processor.process_row, jid, svc.clock())
+            svc.store.run_sync(
+                svc.processor.fail_row, jid, "RuntimeError: engine exploded", svc.clock()
+            )
+        detail = svc.store.read_sync(queries.message_detail, jid)
+        assert detail is not None
+        assert detail["status"] == "quarantined"
+        assert "engine exploded" in str(detail["reason"])
+        assert svc.store.run_sync(svc.processor.claim, svc.clock(), 10) == []
