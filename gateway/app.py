@@ -1,0 +1,232 @@
+"""Composition root: turn the settings into the store and the daemon's runnables.
+
+The only place that knows every concrete class.  Everything it builds receives plain
+values and collaborators; nothing below reads the configuration or the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from gateway.config import ListenerConfig, Settings, UserConfig
+from gateway.daemon import Runnable
+from gateway.domain.addresses import normalise
+from gateway.domain.model import BookingRules, UserPolicy
+from gateway.services.directory import StaticDirectory
+from gateway.services.intake import JournalIntake
+from gateway.services.processor import ProcessingOptions, Processor, record_delivery_failure
+from gateway.services.runtime import GatewayServices
+from gateway.store import Store, migrate
+from gateway.transports.smtp import ListenerOptions, SmtpListener
+from gateway.transports.smtp_sender import RelayOptions, RelaySender
+from gateway.workers.outbox import FailedDelivery, OutboxOptions, OutboxWorker
+from gateway.workers.processing import ProcessingWorker
+
+__all__ = [
+    "App",
+    "SchemaNotCurrentError",
+    "build_app",
+    "build_processor",
+    "open_services",
+    "prepare_database",
+]
+
+
+def utc_now() -> datetime:
+    """The one clock of the daemon (injected everywhere below)."""
+    return datetime.now(UTC)
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    """Everything ``serve`` runs, and what must be closed afterwards."""
+
+    settings: Settings
+    store: Store
+    runnables: list[Runnable] = field(default_factory=list)
+    closers: list[Callable[[], object]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for closer in self.closers:
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+        await self.store.aclose()
+
+
+class SchemaNotCurrentError(RuntimeError):
+    """The database schema is not the one this version of the gateway needs."""
+
+
+def prepare_database(settings: Settings) -> None:
+    """Create or upgrade the schema when the configuration asks for it, then check it.
+
+    Upgrading happens only on SQLite: one process owns the file, so the first ``serve``
+    needs no extra step.  On PostgreSQL several replicas may start at once and Alembic
+    takes no lock, so the schema is upgraded explicitly with ``imip-gateway db upgrade``.
+    Either way the daemon refuses to start on a schema other than the newest one, which
+    would otherwise fail later, message by message.
+    """
+    db = settings.database
+    found, wanted = migrate.current(db.url), migrate.head()
+    if found != wanted and db.is_sqlite and db.auto_upgrade:
+        log.info("upgrading the database schema to %s (database.auto_upgrade)", wanted)
+        migrate.upgrade(db.url)
+        found = migrate.current(db.url)
+    if found != wanted:
+        raise SchemaNotCurrentError(
+            f"the database schema is at revision {found or 'none (empty database)'},"
+            f" this version needs {wanted}: run `imip-gateway db upgrade`"
+        )
+
+
+def user_policy(user: UserConfig) -> UserPolicy:
+    """The engine's view of one configured local user."""
+    booking = None
+    if user.kind != "person":
+        b = user.booking
+        booking = BookingRules(
+            window_days=b.window_days,
+            max_duration_minutes=b.max_duration_minutes,
+            allow_recurring=b.allow_recurring,
+            max_conflicting_instances=b.max_conflicting_instances,
+            max_conflict_percent=b.max_conflict_percent,
+            allowed_organizers=tuple(b.allowed_organizers),
+        )
+    return UserPolicy(
+        address=normalise(user.address),
+        display_name=user.display_name,
+        kind=user.kind,
+        policy=user.policy,
+        party_crashers=user.party_crashers,
+        booking=booking,
+        aliases=tuple(normalise(a) for a in user.aliases),
+    )
+
+
+def build_processor(settings: Settings) -> Processor:
+    """The message processor with the configured users and limits."""
+    g = settings.gateway
+    options = ProcessingOptions(
+        hostname=g.hostname,
+        significant=frozenset(p.upper() for p in g.significant_properties),
+        max_instances=g.max_recurrence_instances,
+        max_attendees=g.max_attendees,
+        max_calendar_bytes=g.max_calendar_bytes,
+        auto_reply_limit_per_hour=g.auto_reply_limit_per_hour,
+        trusted_authserv_ids=tuple(settings.identity.trusted_authserv_ids),
+        attendee_relays=tuple(settings.identity.attendee_relays),
+        require_dmarc_pass=settings.identity.require_dmarc_pass,
+    )
+    return Processor(StaticDirectory(user_policy(u) for u in settings.users), options)
+
+
+def open_services(settings: Settings) -> GatewayServices:
+    """Store + processor for one CLI command (the schema is prepared first)."""
+    prepare_database(settings)
+    store = Store(
+        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+    )
+    return GatewayServices(store, build_processor(settings), utc_now)
+
+
+def _listener_options(cfg: ListenerConfig, settings: Settings) -> ListenerOptions:
+    return ListenerOptions(
+        host=cfg.host,
+        port=cfg.port,
+        max_message_bytes=cfg.max_message_bytes or settings.gateway.max_message_bytes,
+        tls_cert=cfg.tls_cert,
+        tls_key=cfg.tls_key,
+        require_tls=cfg.require_tls,
+        auth_users=dict(cfg.auth_users),
+        relay_mode=cfg.relay_mode,
+        relay_trusted_networks=tuple(cfg.relay_trusted_networks),
+        hostname=settings.gateway.hostname,
+    )
+
+
+def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
+    """Build the store and every runnable the configuration enables.
+
+    Data flow (ARCHITECTURE.md section 1): listeners -> JournalIntake (durable) ->
+    ProcessingWorker (engine, one transaction per message) -> outbox rows ->
+    OutboxWorker -> RelaySender.  Each stage wakes the next one; each also polls, so
+    rows left by a crash are picked up without a wake-up.
+    """
+    store = Store(
+        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+    )
+    processor = build_processor(settings)
+    relay = settings.relay
+    sender = RelaySender(
+        RelayOptions(
+            host=relay.host,
+            port=relay.port,
+            tls=relay.tls,
+            username=relay.username,
+            password=relay.password,
+            timeout_seconds=relay.timeout_seconds,
+            max_connections=relay.max_connections,
+            local_hostname=settings.gateway.hostname,
+        )
+    )
+
+    async def on_failure(failed: FailedDelivery) -> None:
+        # A 5xx (or giving up) is reflected on the attendee (SCHEDULE-STATUS), so the
+        # organiser's `events show` says the invitation never arrived.
+        row = failed.row
+        code = "5.1.1" if failed.code in (550, 551, 553) else ("5.3" if failed.expired else "5.1")
+        await store.run(
+            record_delivery_failure,
+            row.object_id,
+            row.instance_key,
+            row.recipient,
+            code,
+            failed.reason,
+            clock(),
+        )
+
+    outbox_worker = OutboxWorker(
+        store,
+        sender,
+        clock,
+        OutboxOptions(
+            max_connections=relay.max_connections,
+            retry_initial_seconds=relay.retry_initial_seconds,
+            retry_max_seconds=relay.retry_max_seconds,
+            max_age_hours=relay.max_age_hours,
+            envelope_from=relay.from_address,
+        ),
+        on_failure,
+    )
+    processing = ProcessingWorker(store, processor, clock, on_queued=outbox_worker.notify)
+    intake = JournalIntake(
+        store,
+        clock,
+        on_accepted=processing.notify,
+        max_message_bytes=settings.gateway.max_message_bytes,
+    )
+    bounce_address = normalise(relay.from_address)
+
+    def accepts(address: str) -> bool:
+        # Local users and their aliases; plus our own envelope sender, where delivery
+        # status notifications for the mail we sent come back (RFC 3464).
+        return processor.directory.is_local(address) or normalise(address) == bounce_address
+
+    runnables: list[Runnable] = [processing, outbox_worker]
+    listeners = settings.listeners
+    if listeners.smtp.enabled:
+        runnables.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
+    if listeners.lmtp.enabled:
+        runnables.append(
+            SmtpListener(
+                _listener_options(listeners.lmtp, settings), intake, accepts, protocol="lmtp"
+            )
+        )
+    return App(settings=settings, store=store, runnables=runnables, closers=[sender.aclose])

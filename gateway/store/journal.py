@@ -1,0 +1,269 @@
+"""The inbound message journal: durable acceptance, duplicate detection, crash recovery.
+
+A transport answers 250 (SMTP/LMTP) or marks ``\\Seen`` (IMAP) only after
+:func:`record_inbound` has committed (ARCHITECTURE section 6).  Processing then claims rows
+with a lease; a worker that dies leaves its rows in ``processing`` with an expired lease,
+and :func:`claim_pending` hands them out again -- processing is idempotent, so a second
+pass is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from gateway.domain.addresses import normalise
+from gateway.store.limits import clip
+from gateway.store.models import JournalOutcomeRow, JournalRow
+from gateway.store.types import UTCDateTime
+
+__all__ = [
+    "JournalStatus",
+    "MessageDetail",
+    "MessageSummary",
+    "Source",
+    "add_outcome",
+    "claim_pending",
+    "finish",
+    "get_message",
+    "list_messages",
+    "outcomes_for",
+    "record_inbound",
+]
+
+Source = Literal["smtp", "lmtp", "imap", "ingest", "send", "relay"]
+JournalStatus = Literal["pending", "processing", "done", "quarantined"]
+
+_DUPLICATE = select(JournalRow).where(
+    JournalRow.sha256 == bindparam("sha256"),
+    JournalRow.message_id == bindparam("message_id"),
+)
+_DUPLICATE_NO_ID = select(JournalRow).where(
+    JournalRow.sha256 == bindparam("sha256"), JournalRow.message_id.is_(None)
+)
+_CLAIMABLE = (
+    select(JournalRow)
+    .where(
+        or_(
+            JournalRow.status == "pending",
+            and_(
+                JournalRow.status == "processing",
+                JournalRow.lease_until <= bindparam("now", type_=UTCDateTime()),
+            ),
+        )
+    )
+    .order_by(JournalRow.received_at, JournalRow.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_OUTCOMES = (
+    select(JournalOutcomeRow)
+    .where(JournalOutcomeRow.journal_id == bindparam("journal_id"))
+    .order_by(JournalOutcomeRow.part_index, JournalOutcomeRow.id)
+)
+
+
+def sha256_hex(raw: bytes) -> str:
+    """The journal's content hash of a message."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def record_inbound(
+    s: Session,
+    raw: bytes,
+    *,
+    message_id: str | None,
+    source: Source,
+    envelope_from: str | None,
+    envelope_to: Sequence[str],
+    now: datetime,
+) -> tuple[JournalRow, bool]:
+    """Journal an inbound message; return ``(row, is_duplicate)``.
+
+    A duplicate is a message with the same SHA-256 *and* the same Message-ID as one
+    already journaled: an MTA retrying after our 250 was lost.  The existing row is
+    returned and nothing is written.  Same bytes under a different Message-ID are a new
+    message (e.g. a client re-sending an identical reply on purpose).
+    """
+    digest = sha256_hex(raw)
+    message_id = clip(message_id)
+    values = {
+        "message_id": message_id,
+        "sha256": digest,
+        "source": source,
+        "envelope_from": normalise(envelope_from) if envelope_from is not None else None,
+        "envelope_to": [normalise(addr) for addr in envelope_to],
+        "raw": raw,
+        "size": len(raw),
+        "received_at": now,
+        "status": "pending",
+        "attempts": 0,
+    }
+    if message_id is None:
+        # NULLs never conflict in a unique constraint: look first (SQLite has one writer;
+        # on PostgreSQL two replicas may both store an ID-less retry, processed idempotently).
+        existing = s.scalars(_DUPLICATE_NO_ID, {"sha256": digest}).first()
+        if existing is not None:
+            return existing, True
+        row = JournalRow(**values)
+        s.add(row)
+        s.flush()
+        return row, False
+    make_insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    new_id = s.execute(
+        make_insert(JournalRow)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["sha256", "message_id"])
+        .returning(JournalRow.id)
+    ).scalar()
+    if new_id is None:
+        # A concurrent insert of the same retry waits for the other transaction and then
+        # does nothing; the committed row is visible to this next statement.
+        existing = s.scalars(_DUPLICATE, {"sha256": digest, "message_id": message_id}).one()
+        return existing, True
+    row = s.get_one(JournalRow, new_id)
+    return row, False
+
+
+def claim_pending(
+    s: Session, *, now: datetime, lease_seconds: float, limit: int
+) -> list[JournalRow]:
+    """Claim up to ``limit`` rows to process, oldest first, and lease them.
+
+    Claimable: ``pending`` rows, and ``processing`` rows whose lease has expired (their
+    worker crashed or hung).  Each claim increments ``attempts`` so a message that keeps
+    crashing the processor can be quarantined by the caller.  On PostgreSQL the rows are
+    locked with ``FOR UPDATE SKIP LOCKED`` so concurrent claimers get disjoint sets.
+    """
+    rows = list(s.scalars(_CLAIMABLE, {"now": now, "limit": limit}))
+    lease_until = now + timedelta(seconds=lease_seconds)
+    for row in rows:
+        row.status = "processing"
+        row.lease_until = lease_until
+        row.attempts += 1
+    s.flush()
+    return rows
+
+
+def finish(
+    s: Session,
+    journal_id: int,
+    status: JournalStatus,
+    *,
+    outcome: str,
+    reason: str,
+    now: datetime,
+) -> None:
+    """Record the final status of a message and release its lease."""
+    s.execute(
+        update(JournalRow)
+        .where(JournalRow.id == journal_id)
+        .values(status=status, outcome=outcome, reason=reason, processed_at=now, lease_until=None)
+    )
+
+
+def add_outcome(
+    s: Session,
+    journal_id: int,
+    *,
+    part_index: int,
+    recipient: str,
+    outcome: str,
+    reason: str,
+    now: datetime,
+    method: str | None = None,
+    component: str | None = None,
+    uid: str | None = None,
+    recurrence_id: str | None = None,
+) -> JournalOutcomeRow:
+    """Record the outcome of one calendar part for one recipient."""
+    row = JournalOutcomeRow(
+        journal_id=journal_id,
+        part_index=part_index,
+        recipient=normalise(recipient),
+        method=method,
+        component=component,
+        uid=clip(uid),
+        recurrence_id=clip(recurrence_id),
+        outcome=outcome,
+        reason=reason,
+        created_at=now,
+    )
+    s.add(row)
+    s.flush()
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class MessageSummary:
+    """A journal row without its raw bytes, for listings."""
+
+    id: int
+    message_id: str | None
+    sha256: str
+    source: str
+    envelope_from: str | None
+    envelope_to: list[str]
+    size: int
+    received_at: datetime
+    status: str
+    outcome: str | None
+    reason: str | None
+    attempts: int
+    processed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDetail:
+    """A journal row with its raw bytes and every recorded outcome."""
+
+    message: JournalRow
+    outcomes: list[JournalOutcomeRow]
+
+
+_SUMMARY_COLUMNS = (
+    JournalRow.id,
+    JournalRow.message_id,
+    JournalRow.sha256,
+    JournalRow.source,
+    JournalRow.envelope_from,
+    JournalRow.envelope_to,
+    JournalRow.size,
+    JournalRow.received_at,
+    JournalRow.status,
+    JournalRow.outcome,
+    JournalRow.reason,
+    JournalRow.attempts,
+    JournalRow.processed_at,
+)
+
+
+def list_messages(
+    s: Session, limit: int = 50, offset: int = 0, status: JournalStatus | None = None
+) -> list[MessageSummary]:
+    """Newest messages first, without loading their bytes."""
+    stmt = select(*_SUMMARY_COLUMNS).order_by(JournalRow.received_at.desc(), JournalRow.id.desc())
+    if status is not None:
+        stmt = stmt.where(JournalRow.status == status)
+    stmt = stmt.limit(limit).offset(offset)
+    return [MessageSummary(**row._asdict()) for row in s.execute(stmt)]
+
+
+def outcomes_for(s: Session, journal_id: int) -> list[JournalOutcomeRow]:
+    """Every outcome recorded for one message, in part order."""
+    return list(s.scalars(_OUTCOMES, {"journal_id": journal_id}))
+
+
+def get_message(s: Session, journal_id: int) -> MessageDetail | None:
+    """One message with its outcomes, or ``None``."""
+    row = s.get(JournalRow, journal_id)
+    if row is None:
+        return None
+    return MessageDetail(message=row, outcomes=outcomes_for(s, journal_id))

@@ -1,0 +1,248 @@
+"""The outbox: outgoing iTIP mail, written with the change that caused it, sent by workers.
+
+Life of a row::
+
+    pending --claim_due--> sending --mark_sent--> sent
+       ^                      |  \\--mark_failed--> failed --retry_now--> pending
+       +------mark_retry------+
+       +---- lease expired (worker crashed): claim_due takes it again
+
+Leases make crashed workers harmless (ARCHITECTURE section 6): a row in ``sending`` whose
+``lease_until`` has passed is claimable again.  On PostgreSQL claims use
+``FOR UPDATE SKIP LOCKED`` so workers on several replicas never take the same row; on
+SQLite the single writer serialises them.  ``attempts`` counts claims, so a row that
+crashes its worker every time still reaches its retry limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from gateway.domain.addresses import normalise
+from gateway.store.models import OutboxRow
+from gateway.store.types import UTCDateTime
+
+__all__ = [
+    "OutboxStatus",
+    "backoff_delay",
+    "claim_due",
+    "enqueue",
+    "get",
+    "list_outbox",
+    "mark_failed",
+    "mark_retry",
+    "mark_sent",
+    "purge",
+    "retry_now",
+]
+
+OutboxStatus = Literal["pending", "sending", "sent", "failed"]
+
+
+_NOW = bindparam("now", type_=UTCDateTime())
+_DUE = (
+    select(OutboxRow)
+    .where(
+        or_(
+            and_(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= _NOW),
+            and_(OutboxRow.status == "sending", OutboxRow.lease_until <= _NOW),
+        )
+    )
+    .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+
+
+def enqueue(
+    s: Session,
+    *,
+    owner: str,
+    sender: str,
+    recipient: str,
+    method: str,
+    uid: str,
+    payload: bytes,
+    message_id: str,
+    now: datetime,
+    instance_key: str = "",
+    journal_id: int | None = None,
+    object_id: int | None = None,
+    next_attempt_at: datetime | None = None,
+) -> int:
+    """Queue one message (the complete RFC 5322 bytes) for ``recipient``; returns its id."""
+    row = OutboxRow(
+        journal_id=journal_id,
+        object_id=object_id,
+        owner=normalise(owner),
+        sender=normalise(sender),
+        recipient=normalise(recipient),
+        method=method.upper(),
+        uid=uid,
+        instance_key=instance_key,
+        payload=payload,
+        message_id=message_id,
+        status="pending",
+        attempts=0,
+        next_attempt_at=next_attempt_at or now,
+        created_at=now,
+    )
+    s.add(row)
+    s.flush()
+    return row.id
+
+
+def claim_due(
+    s: Session, *, now: datetime, lease_owner: str, lease_seconds: float, limit: int
+) -> list[OutboxRow]:
+    """Lease up to ``limit`` rows that are due, oldest due first.
+
+    Due: ``pending`` with ``next_attempt_at <= now``, or ``sending`` with an expired lease.
+    """
+    rows = list(s.scalars(_DUE, {"now": now, "limit": limit}))
+    lease_until = now + timedelta(seconds=lease_seconds)
+    for row in rows:
+        row.status = "sending"
+        row.lease_owner = lease_owner
+        row.lease_until = lease_until
+        row.attempts += 1
+    s.flush()
+    return rows
+
+
+def _leased(outbox_id: int, holder: str | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [OutboxRow.id == outbox_id]
+    if holder is not None:
+        # Only the lease holder may conclude: a worker whose lease expired and whose row was
+        # re-claimed elsewhere must not overwrite the new holder's bookkeeping.
+        conditions += [OutboxRow.status == "sending", OutboxRow.lease_owner == holder]
+    return conditions
+
+
+def _update(s: Session, outbox_id: int, holder: str | None, **values: object) -> bool:
+    stmt = update(OutboxRow).where(*_leased(outbox_id, holder)).values(**values)
+    result = s.execute(stmt)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def mark_sent(s: Session, outbox_id: int, now: datetime, *, lease_owner: str | None = None) -> bool:
+    """The relay accepted the message.  Returns False if the lease was lost."""
+    return _update(
+        s, outbox_id, lease_owner, status="sent", sent_at=now, lease_owner=None, lease_until=None
+    )
+
+
+def mark_retry(
+    s: Session,
+    outbox_id: int,
+    error: str,
+    next_attempt_at: datetime,
+    *,
+    lease_owner: str | None = None,
+) -> bool:
+    """A temporary failure (4xx, network): try again at ``next_attempt_at``."""
+    return _update(
+        s,
+        outbox_id,
+        lease_owner,
+        status="pending",
+        last_error=error,
+        next_attempt_at=next_attempt_at,
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def mark_failed(
+    s: Session, outbox_id: int, error: str, now: datetime, *, lease_owner: str | None = None
+) -> bool:
+    """A permanent failure (5xx, or retries exhausted): stop trying, keep the error."""
+    del now  # failure time is the row's last lease; kept in the signature for symmetry
+    return _update(
+        s,
+        outbox_id,
+        lease_owner,
+        status="failed",
+        last_error=error,
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def backoff_delay(
+    attempts: int, *, base_seconds: float = 60.0, cap_seconds: float = 6 * 3600.0, jitter: float
+) -> timedelta:
+    """Exponential backoff with "equal jitter" after ``attempts`` failed tries.
+
+    ``jitter`` in [0, 1] is supplied by the caller (randomness is injected, so tests are
+    deterministic): the delay lies between half and all of ``base * 2**(attempts-1)``,
+    capped at ``cap_seconds``.  Jitter keeps many rows failing together (a relay outage)
+    from retrying in lock step.
+    """
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"jitter must be within [0, 1], got {jitter}")
+    exponent = max(0, attempts - 1)
+    full = min(cap_seconds, base_seconds * (2.0 ** min(exponent, 32)))
+    return timedelta(seconds=full / 2 + jitter * full / 2)
+
+
+def get(s: Session, outbox_id: int) -> OutboxRow | None:
+    """One outbox row, or ``None``."""
+    return s.get(OutboxRow, outbox_id)
+
+
+def list_outbox(
+    s: Session, status: OutboxStatus | None = None, limit: int = 100, offset: int = 0
+) -> list[OutboxRow]:
+    """Outbox rows, newest first, optionally of one status."""
+    stmt = select(OutboxRow)
+    if status is not None:
+        stmt = stmt.where(OutboxRow.status == status)
+    stmt = (
+        stmt.order_by(OutboxRow.created_at.desc(), OutboxRow.id.desc()).limit(limit).offset(offset)
+    )
+    return list(s.scalars(stmt))
+
+
+def retry_now(
+    s: Session, ids: Iterable[int] | None = None, *, now: datetime, all_failed: bool = False
+) -> int:
+    """Make failed (or pending) rows due now; returns how many rows changed.
+
+    Either ``ids`` (rows in ``failed`` or ``pending``) or ``all_failed=True``.  Rows being
+    sent are left alone: their worker still holds the lease.
+    """
+    if (ids is None) == (not all_failed):
+        raise ValueError("give either ids or all_failed=True")
+    stmt = update(OutboxRow).values(status="pending", next_attempt_at=now)
+    if all_failed:
+        stmt = stmt.where(OutboxRow.status == "failed")
+    else:
+        wanted = sorted(set(ids or ()))
+        if not wanted:
+            return 0
+        stmt = stmt.where(OutboxRow.id.in_(wanted), OutboxRow.status.in_(("failed", "pending")))
+    result = s.execute(stmt)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def purge(s: Session, older_than: datetime, statuses: Iterable[OutboxStatus] = ("sent",)) -> int:
+    """Delete finished rows older than ``older_than``; returns how many were deleted.
+
+    Age is counted from ``sent_at`` for sent rows, else from ``created_at``.  Rows in
+    ``pending`` or ``sending`` can be purged only if asked for explicitly.
+    """
+    wanted = sorted(set(statuses))
+    if not wanted:
+        return 0
+    stmt = delete(OutboxRow).where(
+        OutboxRow.status.in_(wanted),
+        func.coalesce(OutboxRow.sent_at, OutboxRow.created_at) < older_than,
+    )
+    result = s.execute(stmt)
+    return int(getattr(result, "rowcount", 0) or 0)
