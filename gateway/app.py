@@ -123,6 +123,7 @@ def build_processor(settings: Settings) -> Processor:
         trusted_authserv_ids=tuple(settings.identity.trusted_authserv_ids),
         attendee_relays=tuple(settings.identity.attendee_relays),
         require_dmarc_pass=settings.identity.require_dmarc_pass,
+        lease_seconds=g.processing_lease_seconds,
     )
     return Processor(StaticDirectory(user_policy(u) for u in settings.users), options)
 

@@ -150,6 +150,9 @@ class GatewayConfig(_Section):
     max_attendees: int = Field(default=2000, ge=1)
     # On SIGTERM, in-flight work gets this long to finish before it is cancelled.
     shutdown_timeout_seconds: float = Field(default=30, gt=0)
+    # A message being processed is leased for this long; a worker that died (SIGKILL,
+    # power loss) leaves it leased, and it is processed again once the lease expires.
+    processing_lease_seconds: float = Field(default=60, gt=0)
 
     @field_validator("hostname")
     @classmethod

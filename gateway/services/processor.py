@@ -144,8 +144,10 @@ class Processor:
 
     def process_row(self, s: Tx, journal_id: int, now: datetime) -> list[PartResult]:
         """Process one journal row completely, in the caller's transaction."""
-        row = s.get(JournalRow, journal_id)
-        if row is None:
+        # Lock the row: if our lease expired while we worked and another worker claimed
+        # it, one of us waits here and then sees "done" - a decision is applied once.
+        row = s.get(JournalRow, journal_id, with_for_update=True)
+        if row is None or row.status in ("done", "quarantined"):
             return []
         raw = bytes(row.raw)
         if row.source == "send":

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import re
@@ -211,11 +210,9 @@ class ImapPoller:
         try:
             while not stopping.is_set():
                 self._set_state("connecting", f" ({self.options.host}:{self.options.port})")
-                selected: list[bool] = []
+                selected = asyncio.Event()
                 try:
-                    await self._session(
-                        stopping, on_selected=functools.partial(selected.append, True)
-                    )
+                    await self._attempt(stopping, selected)
                 except (ImapError, OSError, TimeoutError) as exc:
                     # Connection refused/lost/timed out, TLS refused, LOGIN or SELECT
                     # refused: all worth retrying later (a password may be fixed).
@@ -230,13 +227,35 @@ class ImapPoller:
                     break
                 # Back off further only while no mailbox could be selected: a session that
                 # worked and then dropped starts again from the initial delay.
-                failures = failures + 1 if not selected else 1
+                failures = failures + 1 if not selected.is_set() else 1
                 delay = self._backoff(failures)
                 self._set_state("backoff", f" (reconnecting in {delay:.1f}s)")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), delay)
         finally:
             self._set_state("stopped")
+
+    async def _attempt(self, stopping: asyncio.Event, selected: asyncio.Event) -> None:
+        """Run one session; abandon it at once if asked to stop before it selected.
+
+        Connecting and logging in can take long (a slow server, a login penalty after
+        failed attempts); nothing needs draining then, so shutdown must not wait for
+        it.  Once the mailbox is selected the session stops itself cleanly (it finishes
+        the message in hand, leaves IDLE and logs out).
+        """
+        session = asyncio.create_task(self._session(stopping, selected.set), name=self.name)
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({session, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done() and not selected.is_set():
+                session.cancel()
+            await asyncio.wait({session})
+        finally:
+            stop.cancel()
+            if not session.done():  # we are being cancelled ourselves
+                session.cancel()
+        if not session.cancelled():
+            session.result()  # re-raise what ended the session
 
     def _record_error(self, exc: BaseException) -> None:
         self.session_errors += 1
