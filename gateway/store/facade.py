@@ -2,9 +2,9 @@
 
 Why sync SQLAlchemy behind a thread pool rather than an async driver: measured on this
 project, a sync upsert on SQLite WAL costs about 1/8 of the CPU of the same upsert through
-aiosqlite, and psycopg 3's sync mode is just as fast.  What matters for an asyncio daemon
-is that no database call blocks the event loop; a dedicated pool gives that, with plain
-sync code in the repositories that is easy to test and read.
+aiosqlite.  What matters for an asyncio daemon is that no database call blocks the event
+loop; a dedicated pool gives that, with plain sync code in the repositories that is easy
+to test and read, and one code path for SQLite and PostgreSQL.
 
 Pool sizing: SQLite allows one writer at a time, so one thread serialises all work and
 no thread ever waits on the file lock; PostgreSQL gets ``pool_size`` threads matching the

@@ -22,6 +22,7 @@ __all__ = ["HeldKind", "get", "hold", "list_held", "pending_for", "resolve"]
 
 HeldKind = Literal[
     "early-cancel",
+    "early-add",
     "early-reply",
     "unknown-delegate",
     "party-crasher",

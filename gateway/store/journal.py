@@ -35,6 +35,7 @@ __all__ = [
     "get_message",
     "list_messages",
     "outcomes_for",
+    "recipients_key",
     "record_inbound",
 ]
 
@@ -75,6 +76,12 @@ def sha256_hex(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def recipients_key(recipients: Sequence[str]) -> str:
+    """SHA-256 of a recipient set (order and case do not matter)."""
+    joined = ",".join(sorted({normalise(r) for r in recipients}))
+    return hashlib.sha256(joined.encode("utf-8")).hexdigest()
+
+
 def record_inbound(
     s: Session,
     raw: bytes,
@@ -88,18 +95,37 @@ def record_inbound(
     """Journal an inbound message; return ``(row, is_duplicate)``.
 
     A duplicate is a message with the same SHA-256 *and* the same Message-ID as one
-    already journaled: an MTA retrying after our 250 was lost.  The existing row is
-    returned and nothing is written.  Same bytes under a different Message-ID are a new
-    message (e.g. a client re-sending an identical reply on purpose).
+    already journaled for the same recipients: an MTA retrying after our 250 was lost.
+    The existing row is returned and nothing is written.  The same bytes for recipients
+    not journaled yet (an MTA that splits recipients into separate transactions, the
+    same invitation arriving in two IMAP mailboxes) get a new row holding only the new
+    recipients, so each recipient is processed exactly once.  Same bytes under a
+    different Message-ID are a new message (a client re-sending on purpose).
     """
     digest = sha256_hex(raw)
     message_id = clip(message_id)
+    wanted = list(dict.fromkeys(normalise(addr) for addr in envelope_to))
+    if message_id is None:
+        earlier = list(s.scalars(_DUPLICATE_NO_ID, {"sha256": digest}))
+    else:
+        earlier = list(s.scalars(_DUPLICATE, {"sha256": digest, "message_id": message_id}))
+    if earlier:
+        covered = {addr for row in earlier for addr in (row.envelope_to or [])}
+        missing = [addr for addr in wanted if addr not in covered]
+        if not missing:
+            # The row that carries these recipients (the first one's, for a retry).
+            for row in earlier:
+                if not wanted or wanted[0] in (row.envelope_to or []):
+                    return row, True
+            return earlier[0], True
+        wanted = missing
     values = {
         "message_id": message_id,
         "sha256": digest,
         "source": source,
         "envelope_from": normalise(envelope_from) if envelope_from is not None else None,
-        "envelope_to": [normalise(addr) for addr in envelope_to],
+        "envelope_to": wanted,
+        "recipients_key": recipients_key(wanted),
         "raw": raw,
         "size": len(raw),
         "received_at": now,
@@ -107,11 +133,8 @@ def record_inbound(
         "attempts": 0,
     }
     if message_id is None:
-        # NULLs never conflict in a unique constraint: look first (SQLite has one writer;
-        # on PostgreSQL two replicas may both store an ID-less retry, processed idempotently).
-        existing = s.scalars(_DUPLICATE_NO_ID, {"sha256": digest}).first()
-        if existing is not None:
-            return existing, True
+        # NULLs never conflict in a unique constraint (SQLite has one writer; on
+        # PostgreSQL two replicas may both store an ID-less retry, processed idempotently).
         row = JournalRow(**values)
         s.add(row)
         s.flush()
@@ -120,13 +143,16 @@ def record_inbound(
     new_id = s.execute(
         make_insert(JournalRow)
         .values(**values)
-        .on_conflict_do_nothing(index_elements=["sha256", "message_id"])
+        .on_conflict_do_nothing(index_elements=["sha256", "message_id", "recipients_key"])
         .returning(JournalRow.id)
     ).scalar()
     if new_id is None:
         # A concurrent insert of the same retry waits for the other transaction and then
         # does nothing; the committed row is visible to this next statement.
-        existing = s.scalars(_DUPLICATE, {"sha256": digest, "message_id": message_id}).one()
+        existing = s.scalars(
+            _DUPLICATE.where(JournalRow.recipients_key == values["recipients_key"]),
+            {"sha256": digest, "message_id": message_id},
+        ).one()
         return existing, True
     row = s.get_one(JournalRow, new_id)
     return row, False

@@ -209,8 +209,10 @@ class JournalRow(Base):
     __table_args__ = (
         # Duplicate detection (an MTA retry after a lost 250): the constraint makes two
         # replicas receiving the same retry at once store it only once; its leading
-        # column serves lookups by hash.
-        UniqueConstraint("sha256", "message_id"),
+        # column serves lookups by hash.  The recipients are part of the key because the
+        # same bytes legitimately arrive once per recipient (LMTP with one recipient per
+        # transaction, the same invitation in two IMAP mailboxes).
+        UniqueConstraint("sha256", "message_id", "recipients_key"),
         Index("ix_journal_message_id", "message_id"),
         Index("ix_journal_status_received_at", "status", "received_at"),
         CheckConstraint(
@@ -224,6 +226,8 @@ class JournalRow(Base):
     source: Mapped[str] = mapped_column(String(16))
     envelope_from: Mapped[str | None] = mapped_column(Text)
     envelope_to: Mapped[list[str]] = mapped_column(JSON)
+    # SHA-256 of the sorted envelope recipients this row carries (see __table_args__).
+    recipients_key: Mapped[str] = mapped_column(String(64), default="")
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime]

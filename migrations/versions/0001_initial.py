@@ -128,6 +128,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("envelope_from", sa.Text(), nullable=True),
         sa.Column("envelope_to", sa.JSON(), nullable=False),
+        sa.Column("recipients_key", sa.String(64), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
         _ts("received_at", nullable=False),
@@ -138,7 +139,12 @@ def upgrade() -> None:
         _ts("processed_at", nullable=True),
         _ts("lease_until", nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_journal"),
-        sa.UniqueConstraint("sha256", "message_id", name="uq_journal_sha256_message_id"),
+        sa.UniqueConstraint(
+            "sha256",
+            "message_id",
+            "recipients_key",
+            name="uq_journal_sha256_message_id_recipients_key",
+        ),
         sa.CheckConstraint(
             "status IN ('pending', 'processing', 'done', 'quarantined')", name="ck_journal_status"
         ),

@@ -1,0 +1,125 @@
+"""Engine settings: URL rewriting, SQLite pragmas, UTC timestamps."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session
+
+from gateway.store import (
+    Store,
+    UnsupportedDatabaseError,
+    backend_of,
+    imap_state,
+    make_engine,
+    normalise_url,
+)
+from gateway.store.types import NaiveUTCError
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:p@h/db", "postgres://u:p@h/db", "postgresql+psycopg2://u:p@h/db"],
+)
+def test_plain_postgresql_urls_are_rewritten_to_psycopg3(url: str) -> None:
+    parsed = normalise_url(url)
+    assert parsed.drivername == "postgresql+psycopg"
+    assert (parsed.host, parsed.database, parsed.username) == ("h", "db", "u")
+    assert backend_of(url) == "postgresql"
+
+
+def test_unsupported_scheme_is_refused_with_its_name() -> None:
+    with pytest.raises(UnsupportedDatabaseError, match="mysql"):
+        normalise_url("mysql://h/db")
+
+
+def test_sqlite_pragmas_are_in_force_on_every_connection(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    try:
+        for _ in range(2):  # a second pooled/new connection gets them too
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
+            engine.dispose()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_store_transactions_take_the_write_lock_at_begin(sqlite_store: Store) -> None:
+    """Inside run() another connection cannot start a writer: BEGIN IMMEDIATE holds the lock."""
+    path = sqlite_store.engine.url.database
+    assert path is not None
+
+    def probe(s: Session) -> str:
+        s.execute(text("SELECT 1"))  # the session connects (and BEGINs) lazily
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            return str(exc)
+        finally:
+            other.close()
+        return "acquired"
+
+    assert "locked" in sqlite_store.run_sync(probe)
+    assert sqlite_store.read_sync(probe) == "acquired"  # reads use a deferred BEGIN
+
+
+def test_timestamps_round_trip_as_aware_utc(store: Store) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    local = datetime(2026, 3, 29, 3, 30, tzinfo=plus_two)
+
+    def roundtrip(s: Session) -> datetime:
+        imap_state.set(s, "acct", "INBOX", uidvalidity=1, last_uid=1, now=local)
+        s.expire_all()
+        state = imap_state.get(s, "acct", "INBOX")
+        assert state is not None
+        return state.updated_at
+
+    got = store.run_sync(roundtrip)
+    assert got == local
+    assert got.utcoffset() == timedelta(0)
+    assert (got.hour, got.minute) == (1, 30)
+
+
+def test_naive_datetimes_are_refused(store: Store) -> None:
+    with pytest.raises(StatementError) as info:  # SQLAlchemy wraps bind-processor errors
+        store.run_sync(
+            imap_state.set, "a", "INBOX", uidvalidity=1, last_uid=1, now=datetime(2026, 1, 1)
+        )
+    assert isinstance(info.value.orig, NaiveUTCError)
+    assert store.read_sync(imap_state.get, "a", "INBOX") is None
+
+
+def test_database_stores_naive_utc(store: Store) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    store.run_sync(
+        imap_state.set,
+        "a",
+        "INBOX",
+        uidvalidity=1,
+        last_uid=1,
+        now=datetime(2026, 1, 1, 12, 0, tzinfo=plus_two),
+    )
+    with store.engine.connect() as conn:
+        raw = conn.execute(text("SELECT updated_at FROM imap_state")).scalar()
+    if isinstance(raw, str):  # SQLite returns text for raw SQL
+        raw = datetime.fromisoformat(raw)
+    assert raw == datetime(2026, 1, 1, 10, 0)
+
+
+def test_store_accepts_a_plain_postgresql_url(migrated_pg_url: str) -> None:
+    plain = migrated_pg_url.replace("postgresql+psycopg://", "postgresql://")
+    store = Store(plain)
+    try:
+        assert store.backend == "postgresql"
+        assert store.engine.url.drivername == "postgresql+psycopg"
+        assert store.read_sync(lambda s: s.execute(text("SELECT 1")).scalar()) == 1
+    finally:
+        store.close()
