@@ -35,7 +35,7 @@ from gateway.domain.model import (
 from gateway.mime.extract import CalendarPart, Extraction, calendar_method, extract
 from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
-from gateway.store import journal, objects, outbox, rate, scheduling
+from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
 from gateway.store.models import JournalRow
 from gateway.store.tx import Tx
 
@@ -360,6 +360,14 @@ class Processor:
             return Decision(
                 Outcome.REJECTED_UNAUTHORISED,
                 f"DMARC did not pass (dmarc={identity.dmarc.value}) and the deployment requires it",
+            )
+        if len(msg.uid.encode("utf-8")) > MAX_KEY_BYTES:
+            # RFC 5545 sets no limit, but a UID this long cannot be indexed (PostgreSQL
+            # refuses keys over ~2.7 kB) and no real client sends one.
+            return Decision(
+                Outcome.REJECTED_INVALID,
+                f"UID is {len(msg.uid.encode('utf-8'))} bytes long; at most "
+                f"{MAX_KEY_BYTES} are accepted",
             )
         ctx = self._context(user, identity, run.now)
         plan = engine.load_plan(msg, user.address)

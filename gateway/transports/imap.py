@@ -22,17 +22,26 @@ Failure handling -- nothing is ever lost and the daemon never crashes because of
 * ``TemporaryFailure`` from the intake (database down): the message is left untouched
   (unseen, in place) and the pass ends; the next pass retries it.
 * A message that cannot be fetched or accepted ``max_message_attempts`` times in a row
-  is moved to the failed folder when one is configured (it stays in the mailbox
-  otherwise) and the poller goes on with the next one.  Either way it stays on the
-  server; the poller only stops retrying it.
+  (the server answers NO to the FETCH, or the intake raises something other than
+  ``TemporaryFailure``) is moved, unseen, to the failed folder when one is configured,
+  and left where it is otherwise; the poller then goes on with the next one.  Either
+  way the message stays on the server for a human (it is not in the journal: there was
+  nothing durable to record); the poller just moves its position past it.  Attempts
+  are counted in memory: a restart before the limit starts the count afresh.
 * **Liveness**: a connection to a stopped server can look alive for a while.  IDLE is
   ended (DONE) and re-issued every ``liveness_interval_seconds``, and polling sends NOOP
   as often; each round trip has a deadline, so a dead connection is noticed within
   ``liveness_interval + liveness_timeout`` seconds, and a closed socket at once.
-* Any connection problem: reconnect with exponential backoff and full jitter, capped at
-  ``reconnect_max_seconds``; the backoff resets once a mailbox was selected again.
+* Any connection problem (including a refused LOGIN or SELECT, or TLS that cannot be
+  established -- never a fallback to clear text): reconnect with exponential backoff
+  and jitter, capped at ``reconnect_max_seconds``; the backoff restarts from the
+  initial delay after a session that got as far as selecting the mailbox.
 
-On ``stopping``: leave IDLE (DONE), LOGOUT, return.
+On ``stopping``: finish the message in hand, leave IDLE (DONE), LOGOUT, return.  A
+connection attempt that has not selected the mailbox yet is simply abandoned.
+
+``mark_seen`` suits a mailbox dedicated to the gateway; on a mailbox a person also reads,
+turn it off (or use a processed folder) so that ordinary mail is not marked read.
 """
 
 from __future__ import annotations

@@ -295,3 +295,11 @@ def test_a_message_that_keeps_failing_is_quarantined_with_the_error(
         assert detail["status"] == "quarantined"
         assert "engine exploded" in str(detail["reason"])
         assert svc.store.run_sync(svc.processor.claim, svc.clock(), 10) == []
+
+
+def test_an_absurdly_long_uid_is_rejected_with_a_reason_not_a_crash(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(vevent(uid="u" * 5000), sender=ORGANIZER, to=ATTENDEE)
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["rejected-invalid"]
+        assert "5000 bytes" in str(outcomes[0]["reason"])
