@@ -606,12 +606,12 @@ def _check_values(
 ) -> None:
     end_name = "DUE" if comp.name == "VTODO" else "DTEND"
     if comp.get(end_name) is not None and comp.get("DURATION") is not None:
-        out.append(
-            Violation(
-                "3.1",
-                "DURATION",
-                f"{comp.name} has both {end_name} and DURATION (section {table.section})",
-            )
+        # RFC 5545 section 3.6.1 forbids both, but Fastmail-style clients send both with
+        # consistent values; refusing real invitations helps nobody.  The end property
+        # wins everywhere (gateway.domain.state._span), and the note says so.
+        notes.append(
+            f"{comp.name} has both {end_name} and DURATION (RFC 5545 section 3.6.1, "
+            f"RFC 5546 section {table.section}); {end_name} is used"
         )
 
     uid = comp.get("UID")
