@@ -7,11 +7,12 @@ values and collaborators; nothing below reads the configuration or the environme
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from gateway.config import ListenerConfig, Settings, UserConfig
+from gateway.config import ImapAccountConfig, ListenerConfig, Settings, UserConfig
 from gateway.daemon import Runnable
 from gateway.domain.addresses import normalise
 from gateway.domain.model import BookingRules, UserPolicy
@@ -20,6 +21,7 @@ from gateway.services.intake import JournalIntake
 from gateway.services.processor import ProcessingOptions, Processor, record_delivery_failure
 from gateway.services.runtime import GatewayServices
 from gateway.store import Store, migrate
+from gateway.transports.imap import ImapAccountOptions, ImapPoller
 from gateway.transports.smtp import ListenerOptions, SmtpListener
 from gateway.transports.smtp_sender import RelayOptions, RelaySender
 from gateway.workers.outbox import FailedDelivery, OutboxOptions, OutboxWorker
@@ -230,4 +232,28 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
                 _listener_options(listeners.lmtp, settings), intake, accepts, protocol="lmtp"
             )
         )
+    for account in settings.imap.accounts:
+        runnables.append(ImapPoller(_imap_options(account), intake, store, clock))
     return App(settings=settings, store=store, runnables=runnables, closers=[sender.aclose])
+
+
+def _imap_options(a: ImapAccountConfig) -> ImapAccountOptions:
+    context = ssl.create_default_context(cafile=str(a.tls_ca_file)) if a.tls_ca_file else None
+    return ImapAccountOptions(
+        name=a.name,
+        host=a.host,
+        port=a.port,
+        tls=a.tls,
+        username=a.username,
+        password=a.password,
+        recipient=normalise(a.recipient),
+        mailbox=a.mailbox,
+        processed_folder=a.processed_folder,
+        failed_folder=a.failed_folder,
+        mark_seen=a.mark_seen,
+        use_idle=a.use_idle,
+        poll_interval_seconds=a.poll_interval_seconds,
+        liveness_interval_seconds=a.liveness_interval_seconds,
+        reconnect_max_seconds=a.reconnect_max_seconds,
+        ssl_context=context,
+    )

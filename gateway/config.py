@@ -268,6 +268,9 @@ class ImapAccountConfig(_Section):
     host: str = Field(min_length=1)
     port: int = Field(default=993, ge=1, le=65535)
     tls: TlsMode = "implicit"
+    # PEM bundle of the CA that signed the server's certificate (a private CA); unset =
+    # the system's trust store.
+    tls_ca_file: Path | None = None
     username: str = Field(min_length=1)
     password: str = Field(default="", repr=False, json_schema_extra=_secret())
     mailbox: str = "INBOX"
@@ -277,6 +280,8 @@ class ImapAccountConfig(_Section):
     processed_folder: str | None = None
     failed_folder: str | None = None
     # \Seen is set only after the journal row is committed (ARCHITECTURE.md section 6).
+    # Meant for a mailbox dedicated to the gateway: on a mailbox a person also reads,
+    # set it to false (or use processed_folder) so their other mail stays unread.
     mark_seen: bool = True
     use_idle: bool = True
     poll_interval_seconds: float = Field(default=60, gt=0)

@@ -53,7 +53,7 @@ import random
 import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.domain.addresses import normalise
@@ -92,7 +92,7 @@ class ImapAccountOptions:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)  # never in logs or tracebacks
     recipient: str  # the local calendar user this mailbox belongs to
     tls: TlsMode = "implicit"
     mailbox: str = "INBOX"

@@ -276,9 +276,15 @@ class ImapClient:
     async def login(self, username: str, password: str) -> None:
         # aioimaplib quotes the password but sends the user name verbatim; a quoted string
         # is always a valid astring (RFC 3501 section 9), whatever the name contains.
-        response = await self._call(
-            "LOGIN", self._imap.login(aioimaplib.quoted(username), password)
-        )
+        try:
+            response = await self._call(
+                "LOGIN", self._imap.login(aioimaplib.quoted(username), password)
+            )
+        except ImapConnectionError as exc:
+            # aioimaplib puts the command, password included, in some error texts.
+            if password and password in str(exc):
+                raise ImapConnectionError(str(exc).replace(password, "*****")) from None
+            raise
         self._check("LOGIN", response)
         # The capabilities change after login (RFC 3501 section 7.2.1); ask again rather
         # than trust aioimaplib's parse of the response code.
@@ -448,6 +454,10 @@ class ImapClient:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
+        # aioimaplib's 29-minute IDLE re-arm timer would keep this session alive.
+        idle_timer = getattr(self._imap, "_idle_waiter", None)
+        if idle_timer is not None:
+            idle_timer.cancel()
         client_task = getattr(self._imap, "_client_task", None)
         if client_task is not None and not client_task.done():
             client_task.cancel()
