@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Accepted", "Envelope", "Intake", "TemporaryFailure"]
+__all__ = ["FORWARD_METHOD", "Accepted", "Envelope", "Intake", "TemporaryFailure"]
+
+#: Outbox method of a message relayed unchanged (outbound relay mode): sent with its
+#: author's envelope sender rather than the gateway's.
+FORWARD_METHOD = "FORWARD"
 
 
 class TemporaryFailure(Exception):

@@ -35,6 +35,7 @@ from gateway.domain.model import (
 from gateway.mime.extract import CalendarPart, Extraction, calendar_method, extract
 from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
+from gateway.services.ports import FORWARD_METHOD
 from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
 from gateway.store.models import JournalRow
 from gateway.store.tx import Tx
@@ -432,7 +433,7 @@ class Processor:
                 owner=user.address if user is not None else normalise(sender),
                 sender=normalise(sender),
                 recipient=rcpt,
-                method="FORWARD",
+                method=FORWARD_METHOD,
                 uid="",
                 payload=raw,
                 message_id=message_id,

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, Protocol
 
+from gateway.services.ports import FORWARD_METHOD
 from gateway.store import outbox
 from gateway.store.facade import Store
 from gateway.store.models import OutboxRow
@@ -223,7 +224,13 @@ class OutboxWorker:
     # -- one row ------------------------------------------------------------------------------
 
     async def _deliver(self, row: OutboxRow) -> None:
-        mail_from = self.options.envelope_from or row.sender
+        # Mail forwarded unchanged in relay mode keeps its author's envelope sender, so
+        # its bounces reach the organiser; the gateway's own messages use ours, so their
+        # bounces come back here and are mapped to the attendee (RFC 3464).
+        if row.method == FORWARD_METHOD:
+            mail_from = row.sender
+        else:
+            mail_from = self.options.envelope_from or row.sender
         try:
             result = await self._sender.send(mail_from, [row.recipient], row.payload)
         except Exception as exc:

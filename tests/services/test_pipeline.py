@@ -303,3 +303,55 @@ def test_an_absurdly_long_uid_is_rejected_with_a_reason_not_a_crash(db_url: str)
         _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
         assert [o["outcome"] for o in outcomes] == ["rejected-invalid"]
         assert "5000 bytes" in str(outcomes[0]["reason"])
+
+
+def test_relay_mode_records_the_organiser_copy_and_forwards_the_mail_unchanged(
+    db_url: str,
+) -> None:
+    # Issue 3, organiser copies source 2: a local organiser's own REQUEST passing through
+    # the gateway on its way out is recorded, then forwarded byte for byte.
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(uid="relay-1@example.org", attendees=((OUTSIDER, "NEEDS-ACTION"),)),
+            sender=ORGANIZER,
+            to=OUTSIDER,
+            message_id="<relay-1@client.test>",
+        )
+        _id, _dup, outcomes = svc.ingest_now(
+            raw, recipients=[OUTSIDER], sender=ORGANIZER, source="relay"
+        )
+        assert sorted(o["outcome"] for o in outcomes) == ["applied", "applied"]
+        events = svc.store.read_sync(queries.event_detail, "relay-1@example.org", ORGANIZER)
+        assert events[0]["role"] == "organizer"
+        rows = outbox_rows(svc)
+        assert [(r["method"], r["recipient"]) for r in rows] == [("FORWARD", OUTSIDER)]
+        assert payload_of(svc, rows[0]["id"]) == raw  # unchanged
+        # The attendee's answer is then aggregated on the recorded copy.
+        reply = imip_mail(
+            vevent(
+                method="REPLY",
+                uid="relay-1@example.org",
+                dtstamp="20260105T100000Z",
+                attendees=((OUTSIDER, "TENTATIVE"),),
+            ),
+            sender=OUTSIDER,
+            to=ORGANIZER,
+            method="REPLY",
+        )
+        assert _outcomes(svc.ingest_now(reply, recipients=[ORGANIZER])) == ["applied"]
+        events = svc.store.read_sync(queries.event_detail, "relay-1@example.org", ORGANIZER)
+        who = {a["address"]: a["partstat"] for a in events[0]["instances"][0]["attendees"]}
+        assert who[OUTSIDER] == "TENTATIVE"
+
+
+def test_relay_mode_from_a_non_local_sender_only_forwards(db_url: str) -> None:
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(uid="relay-2@x", organizer=OUTSIDER), sender=OUTSIDER, to="z@far.example"
+        )
+        _id, _dup, outcomes = svc.ingest_now(
+            raw, recipients=["z@far.example"], sender=OUTSIDER, source="relay"
+        )
+        assert [o["outcome"] for o in outcomes] == ["applied"]
+        assert "forwarded unchanged to 1" in str(outcomes[0]["reason"])
+        assert svc.store.read_sync(queries.event_list) == []

@@ -394,3 +394,30 @@ async def test_worker_survives_a_database_outage_and_still_stops_cleanly(
         await asyncio.sleep(0.2)  # several poll rounds
         assert background.task is not None
         assert not background.task.done()
+
+
+async def test_gateway_mail_uses_our_envelope_sender_and_forwarded_mail_keeps_its_own(
+    store: Store, sink: SmtpSink, workers: Callable[..., RunningInBackground]
+) -> None:
+    # Our own iTIP mail bounces back to the gateway (mapped to the attendee, RFC 3464);
+    # a message relayed unchanged for a local organiser bounces to that organiser.
+    clock = FakeClock()
+    enqueue(store, 1)
+    store.run_sync(
+        outbox_repo.enqueue,
+        owner="alice@example.org",
+        sender="alice@example.org",
+        recipient="erin@example.net",
+        method="FORWARD",
+        uid="",
+        payload=mail(2, "erin@example.net"),
+        message_id="<out2@example.org>",
+        now=T0,
+    )
+    async with workers(clock, envelope_from="bounces@gw.example"):
+        received = await sink.wait_for_messages(2)
+    senders = {m.rcpt_tos[0]: m.mail_from for m in received}
+    assert senders == {
+        "dave@example.net": "bounces@gw.example",
+        "erin@example.net": "alice@example.org",
+    }
