@@ -150,6 +150,7 @@ def _listener_options(cfg: ListenerConfig, settings: Settings) -> ListenerOption
         auth_users=dict(cfg.auth_users),
         relay_mode=cfg.relay_mode,
         relay_trusted_networks=tuple(cfg.relay_trusted_networks),
+        content_filter=cfg.content_filter,
         hostname=settings.gateway.hostname,
     )
 
@@ -215,6 +216,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
         on_accepted=processing.notify,
         max_message_bytes=settings.gateway.max_message_bytes,
     )
+    intake.on_forward_queued = outbox_worker.notify
     bounce_address = normalise(relay.from_address)
 
     def accepts(address: str) -> bool:

@@ -234,8 +234,13 @@ class ListenerConfig(_Section):
     # Outbound relay mode: mail FROM a local organiser is processed as the organiser's
     # outgoing scheduling message (the organiser copy is recorded) and relayed unchanged.
     relay_mode: bool = False
-    # CIDR networks whose clients may relay without AUTH (relay_mode); empty = AUTH only.
+    # CIDR networks whose clients may relay without AUTH (relay_mode, content_filter);
+    # empty = AUTH only.
     relay_trusted_networks: list[str] = Field(default_factory=list)
+    # After-queue content filter (Postfix content_filter / Exim): accept any recipient
+    # from trusted clients, process the calendar parts for local users, and hand every
+    # message back unchanged through [relay] (the MTA's re-injection listener).
+    content_filter: bool = False
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Self:

@@ -29,9 +29,10 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 
 from gateway.mime.headers import message_ids
-from gateway.services.ports import Accepted, Envelope, TemporaryFailure
-from gateway.store import journal
+from gateway.services.ports import FORWARD_METHOD, Accepted, Envelope, TemporaryFailure
+from gateway.store import journal, outbox
 from gateway.store.facade import Store
+from gateway.store.tx import Tx
 
 __all__ = ["Clock", "JournalIntake", "MessageTooLarge", "message_id_of"]
 
@@ -96,6 +97,7 @@ class JournalIntake:
         self._clock = clock
         self._on_accepted = on_accepted
         self._max_message_bytes = max_message_bytes
+        self.on_forward_queued: Callable[[], None] | None = None
 
     async def accept(self, raw: bytes, envelope: Envelope) -> Accepted:
         """Journal ``raw`` durably; see the module docstring for the failure contract."""
@@ -105,8 +107,8 @@ class JournalIntake:
         source = _source(envelope.source)
         message_id = message_id_of(raw)
         try:
-            row, duplicate = await self._store.run(
-                journal.record_inbound,
+            journal_id, duplicate, forwarded = await self._store.run(
+                _record,
                 raw,
                 message_id=message_id,
                 source=source,
@@ -115,7 +117,6 @@ class JournalIntake:
                 envelope_to=list(envelope.rcpt_tos),
                 now=self._clock(),
             )
-            journal_id = row.id
         except Exception as exc:
             # Logged here with the cause; the transport only ever says "try later".
             log.error(
@@ -143,6 +144,8 @@ class JournalIntake:
                 envelope.source,
             )
             self._wake(journal_id)
+            if forwarded and self.on_forward_queued is not None:
+                self.on_forward_queued()
         return Accepted(journal_id=journal_id, duplicate=duplicate)
 
     def _wake(self, journal_id: int) -> None:
@@ -156,7 +159,53 @@ class JournalIntake:
             log.exception("on_accepted(%d) failed; processing will pick it up later", journal_id)
 
 
+def _record(
+    s: Tx,
+    raw: bytes,
+    *,
+    message_id: str | None,
+    source: journal.Source,
+    envelope_from: str,
+    envelope_to: list[str],
+    now: datetime,
+) -> tuple[int, bool, int]:
+    """Journal the message; as a content filter, queue its re-injection in the same commit.
+
+    A Postfix after-queue content filter must hand every message back (Postfix's
+    FILTER_README): the unchanged bytes go to the relay for every envelope recipient,
+    written to the outbox atomically with the journal row, so the mail reaches its
+    mailboxes even if calendar processing later fails or quarantines it.
+    """
+    row, duplicate = journal.record_inbound(
+        s,
+        raw,
+        message_id=message_id,
+        source=source,
+        envelope_from=envelope_from,
+        envelope_to=envelope_to,
+        now=now,
+    )
+    forwarded = 0
+    if source == "filter" and not duplicate:
+        for rcpt in row.envelope_to:
+            outbox.enqueue(
+                s,
+                owner=envelope_from or "-",
+                sender=envelope_from,
+                recipient=rcpt,
+                method=FORWARD_METHOD,
+                uid="",
+                payload=raw,
+                message_id=message_id or f"<journal-{row.id}@imip-gateway.invalid>",
+                now=now,
+                journal_id=row.id,
+            )
+            forwarded += 1
+    return row.id, duplicate, forwarded
+
+
 _SOURCES: dict[str, journal.Source] = {
+    "filter": "filter",
     "smtp": "smtp",
     "lmtp": "lmtp",
     "imap": "imap",

@@ -39,7 +39,7 @@ __all__ = [
     "record_inbound",
 ]
 
-Source = Literal["smtp", "lmtp", "imap", "ingest", "send", "relay"]
+Source = Literal["smtp", "lmtp", "imap", "ingest", "send", "relay", "filter"]
 JournalStatus = Literal["pending", "processing", "done", "quarantined"]
 
 _DUPLICATE = select(JournalRow).where(

@@ -31,6 +31,15 @@ delivers to these listeners.  The protocol work is aiosmtpd's; the decisions are
   configured users; when users are configured, AUTH is required before ``MAIL``, and
   when TLS is configured AUTH is only offered after STARTTLS.
 
+Content-filter mode (Postfix ``content_filter``, Exim transport filter)
+-----------------------------------------------------------------------
+With ``content_filter`` the listener is an after-queue filter: clients that may relay
+(AUTH, or an address in ``relay_trusted_networks`` - in practice the MTA on loopback)
+may name any recipient; the message is journaled with ``source="filter"`` and, in the
+same commit, queued unchanged for every recipient towards the relay (the MTA's
+re-injection port).  Calendar parts are processed for the local users among the
+recipients as usual.  Clients that may not relay get the normal local-only checks.
+
 Outbound relay mode (the hook for local organisers)
 ---------------------------------------------------
 With ``relay_mode`` a local organiser's client may submit its own scheduling mail
@@ -113,6 +122,9 @@ class ListenerOptions:
     require_tls: bool = False
     auth_users: Mapping[str, str] = field(default_factory=dict)
     relay_mode: bool = False
+    # Postfix/Exim after-queue content filter: every recipient is accepted from trusted
+    # clients, and every message is handed back unchanged through the relay.
+    content_filter: bool = False
     # CIDR networks whose clients may relay without AUTH (see the module docstring).
     relay_trusted_networks: tuple[str, ...] = ()
     hostname: str = ""  # greeting/EHLO name; "" = this host's name
@@ -174,6 +186,7 @@ class SmtpListener:
             auth_offered=bool(options.auth_users),
             relay_mode=options.relay_mode,
             trusted_networks=_networks(options.relay_trusted_networks),
+            content_filter=options.content_filter,
         )
         self._authenticator = _Authenticator(options.auth_users)
         _quiet_aiosmtpd()
@@ -377,6 +390,7 @@ class _IntakeHandler:
         auth_offered: bool,
         relay_mode: bool,
         trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+        content_filter: bool = False,
     ) -> None:
         self._intake = intake
         self._is_local = is_local
@@ -384,6 +398,7 @@ class _IntakeHandler:
         self._auth_offered = auth_offered
         self._relay_mode = relay_mode
         self._trusted = trusted_networks
+        self._content_filter = content_filter
 
     async def handle_EHLO(
         self,
@@ -409,6 +424,11 @@ class _IntakeHandler:
         rcpt_options: list[str],
     ) -> str:
         addr = normalise(address)
+        if self._content_filter and addr and self._may_relay(session):
+            # The MTA in front already decided who may receive what; a content filter
+            # accepts what it is given and hands it back (the relay re-injects it).
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Ok"
         if addr and self._is_local(addr):
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 Ok"
@@ -426,13 +446,14 @@ class _IntakeHandler:
             return REPLY_TRY_LATER
         rcpts = tuple(normalise(r) for r in envelope.rcpt_tos)
         relayed = any(not self._is_local(r) for r in rcpts)
+        filtered = self._content_filter and self._may_relay(session)
         extra: dict[str, str] = {}
         auth_data: object = getattr(session, "auth_data", None)
         if session.authenticated and isinstance(auth_data, LoginPassword):
             extra["auth_user"] = auth_data.login.decode("utf-8", "replace")
         mail_from = envelope.mail_from or ""
         message_envelope = Envelope(
-            source="relay" if relayed else self._source,
+            source="filter" if filtered else ("relay" if relayed else self._source),
             # "<>" is the null reverse-path of a bounce (RFC 5321 section 4.5.5).
             mail_from="" if mail_from in ("", "<>") else normalise(mail_from),
             rcpt_tos=rcpts,
