@@ -80,11 +80,29 @@ class GatewayServices:
             try:
                 results = self.store.run_sync(self.processor.process_now, journal_id, self.clock())
             except Exception as exc:
+                # The message is durable in the journal: report the failure and leave the
+                # row to the daemon's retries (quarantined after max_attempts) rather than
+                # making the MTA deliver it again.
                 log.exception("processing journal row %s failed", journal_id)
-                self.store.run_sync(
-                    self.processor.fail_row, journal_id, f"{type(exc).__name__}: {exc}", now
+                error = f"{type(exc).__name__}: {exc}"
+                quarantined = self.store.run_sync(self.processor.fail_row, journal_id, error, now)
+                state = "quarantined" if quarantined else "journaled; the daemon retries it"
+                return (
+                    journal_id,
+                    duplicate,
+                    [
+                        {
+                            "part": 0,
+                            "recipient": "",
+                            "method": "",
+                            "component": "",
+                            "uid": "",
+                            "recurrence_id": "",
+                            "outcome": "processing-failed",
+                            "reason": f"{error} ({state})",
+                        }
+                    ],
                 )
-                raise
         if results is not None:
             return journal_id, duplicate, [r.as_dict() for r in results]
         detail = self.store.read_sync(message_detail, journal_id)

@@ -280,9 +280,10 @@ def test_a_message_that_keeps_failing_is_quarantined_with_the_error(
     with open_services(db_url) as svc:
         monkeypatch.setattr(engine, "process", boom)
         raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE)
-        with pytest.raises(RuntimeError):
-            svc.ingest_now(raw, recipients=[ATTENDEE])
-        jid = svc.store.read_sync(queries.message_list)[0]["id"]
+        jid, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        # The message is journaled (durable); the failure is reported, not raised.
+        assert [o["outcome"] for o in outcomes] == ["processing-failed"]
+        assert "engine exploded" in str(outcomes[0]["reason"])
         for _ in range(2):
             assert svc.store.run_sync(svc.processor.claim, svc.clock(), 10) == [jid]
             with pytest.raises(RuntimeError):
