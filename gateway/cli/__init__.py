@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gateway import __version__
-from gateway.cli import check_config, db, ingest, inspect, outbox, schedule, serve
+from gateway.cli import check_config, db, held, ingest, inspect, outbox, schedule, serve
 from gateway.cli.base import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -40,6 +40,7 @@ COMMANDS: tuple[ModuleType, ...] = (
     serve,
     ingest,
     schedule,
+    held,
     inspect,
     outbox,
     db,

@@ -18,7 +18,7 @@ from typing import Any
 from gateway.domain.addresses import normalise
 from gateway.domain.ical import parse_one
 from gateway.domain.model import AttendeeState, HeldItem, StoredObject
-from gateway.domain.state import attendees_of
+from gateway.domain.state import attendees_of, percent_complete
 from gateway.domain.timeutil import format_utc
 
 __all__ = [
@@ -57,6 +57,7 @@ class AttendeeSummary:
     reply_dtstamp: datetime | None = None
     replied_at: datetime | None = None
     request_status: str = ""
+    percent_complete: int | None = None  # a VTODO attendee's progress (RFC 5546 3.4.3)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def _attendee(row: AttendeeState) -> AttendeeSummary:
         reply_dtstamp=row.reply_dtstamp,
         replied_at=row.replied_at,
         request_status=row.request_status,
+        percent_complete=percent_complete(row),
     )
 
 

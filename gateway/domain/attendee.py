@@ -39,7 +39,13 @@ Design choices worth knowing:
 * VFREEBUSY PUBLISH is recorded (journal outcome) only: the store has no model for
   other people's busy time.
 * RANGE=THISANDFUTURE is stored as a range override; busy time applies its shift to
-  later instances (:func:`gateway.domain.recurrence.busy_periods`).
+  later instances (:func:`gateway.domain.recurrence.busy_periods`), and stored later
+  overrides are moved by the same offset and take the properties the range changes
+  (RFC 5545 3.8.4.4, RFC 5546 4.4.5).
+* A room/resource series accepted within its conflict allowance (issue 3) answers
+  with ONE REPLY: the series ACCEPTED plus a DECLINED component with RECURRENCE-ID per
+  conflicting instance (RFC 5546 3.2.3 allows several components of one UID); the
+  room's copy gets an override per declined instance, so busy time leaves them out.
 * Published objects (PUBLISH) and VTODOs do not add busy time; VEVENT invitations do
   (TENTATIVE while unanswered, nothing when declined or TRANSPARENT).
 """
@@ -53,6 +59,7 @@ from typing import TYPE_CHECKING
 
 from gateway.domain.addresses import normalise, to_uri
 from gateway.domain.booking import PolicyDecision, decide
+from gateway.domain.derive import derive_instance, format_like
 from gateway.domain.ical import Component, Property, escape_text, serialize
 from gateway.domain.identity import AuthVerdict
 from gateway.domain.model import (
@@ -456,6 +463,10 @@ class _Run:
             self._merge_request_component(comp, plan, forwarded)
         if not plan.applied:
             return self._not_newer(plan)
+        for comp in list(plan.applied):
+            rid = comp.get("RECURRENCE-ID")
+            if rid is not None and (rid.param("RANGE") or "").upper() == "THISANDFUTURE":
+                self._apply_range(plan, self._key_of(comp))
 
         decision = Decision(Outcome.APPLIED, "", recurrence_id=self._single_key())
         changes = decision.changes
@@ -494,6 +505,9 @@ class _Run:
                 for key in plan.keys:
                     if plan.needs_answer.get(key):
                         plan.set_my_partstat(key, decided.partstat, self.ctx.now, self.me)
+        declined_sources: list[Component] = []
+        if decided is not None and decided.declined_instances:
+            declined_sources = self._decline_instances(plan, decided.declined_instances)
 
         for inst in plan.instances:
             changes.append(PutInstance(inst))
@@ -530,7 +544,21 @@ class _Run:
                 )
                 for c in needs
                 if self._key_of(c) in plan.my_lines
+                and self._key_of(c) not in decided.declined_instances
             ]
+            # Issue 3 series conflicts: one REPLY carrying the accepted series and one
+            # DECLINED component per conflicting instance (RFC 5546 3.2.3 allows
+            # several components with one UID in a REPLY; 3.7.1 per instance).
+            reply_comps.extend(
+                self._reply_component(
+                    src,
+                    plan.my_lines.get(self._key_of(src)) or plan.my_lines[""],
+                    "DECLINED",
+                    "conflicts with another booking of this resource",
+                )
+                for src in declined_sources
+                if self._key_of(src) in plan.my_lines or "" in plan.my_lines
+            )
             if reply_comps and self._rsvp_wanted(needs, plan):
                 decision.outgoing.append(
                     self._outgoing(
@@ -553,6 +581,96 @@ class _Run:
             reasons.append("the owner's answer is kept")
         decision.reason = "; ".join(reasons)
         return decision
+
+    def _apply_range(self, plan: _Plan, key: str) -> None:
+        """Carry a RANGE=THISANDFUTURE change into the later stored overrides.
+
+        RFC 5545 3.8.4.4 / RFC 5546 4.4.5: the change applies to the instance and all
+        later ones.  Later instances without an override follow through the range
+        override itself (:func:`gateway.domain.recurrence.busy_periods`); an existing
+        later override is rewritten here: moved by the same offset (DTSTART minus
+        RECURRENCE-ID), given the new length when the length changed, and given each
+        property whose value the range changes relative to the series.  The owner is
+        asked again for those instances when the range override needs an answer.
+        """
+        stored = self.stored
+        rng = next((i for i in plan.instances if i.key == key), None)
+        cut = key_instant(key)
+        if stored is None or rng is None or cut is None or rng.start is None:
+            return
+        master = next((i for i in plan.instances if i.key == ""), None) or stored.instances.get("")
+        if master is None:
+            return
+        resolver = _combined_resolver(stored, self.msg.calendar)
+        shift = rng.start - cut
+        length = (rng.end - rng.start) if rng.end is not None else None
+        master_length = (
+            master.end - master.start if master.start is not None and master.end else None
+        )
+        changed = _range_changes(rng.component, master.component)
+        for okey, other in sorted(stored.instances.items()):
+            instant = key_instant(okey)
+            if not okey or okey in plan.keys or instant is None or instant <= cut:
+                continue
+            if plan.master_newer and other.sequence < plan.master_sequence:
+                continue  # replaced by the newer series anyway
+            comp = other.component.copy()
+            _move(comp, shift, length if length != master_length else None, resolver)
+            for name, props in changed.items():
+                comp.remove(name)
+                comp.properties.extend(p.copy() for p in props)
+            comp.set("SEQUENCE", str(rng.sequence))
+            moved, _ = split_component(comp, resolver)
+            moved = replace(
+                moved,
+                this_and_future=other.this_and_future,
+                sequence=rng.sequence,
+                dtstamp=rng.dtstamp,
+            )
+            _keep_owner_data(moved, other)
+            plan.instances.append(moved)
+            plan.keys.add(okey)
+            if plan.needs_answer.get(key):
+                plan.needs_answer[okey] = True
+                for (rkey, addr), row in stored.attendees.items():
+                    if rkey == okey and addr in self.me:
+                        plan.attendees.append(replace(row, partstat="NEEDS-ACTION"))
+
+    def _decline_instances(self, plan: _Plan, keys: Sequence[str]) -> list[Component]:
+        """Record DECLINED for each instance in ``keys`` on the owner's copy.
+
+        An instance the message carries as an override gets the owner's row set to
+        DECLINED; any other instance gets an override derived from the series
+        (RFC 5546 3.7.1) holding a copy of the series' attendees with the owner
+        DECLINED, so busy time leaves it out.  Returns the components to answer.
+        """
+        master = next((i for i in plan.instances if i.key == ""), None)
+        series_rows = [a for a in plan.attendees if a.instance_key == ""]
+        sources: list[Component] = []
+        for key in keys:
+            existing = next((i for i in plan.instances if i.key == key), None)
+            stored = self.stored
+            kept = stored.instances.get(key) if stored is not None else None
+            reuse = existing is None and kept is not None and key not in plan.deleted
+            if reuse and stored is not None and kept is not None:
+                # A stored override the update does not repeat: declined in place.
+                existing = kept
+                plan.instances.append(kept)
+                plan.attendees.extend(
+                    row for row in _rows(stored, key).values() if row.address in self.me
+                )
+            if existing is None:
+                if master is None:
+                    continue
+                existing = derive_instance(master, key, self.resolver)
+                plan.instances.append(existing)
+                plan.attendees.extend(replace(a, instance_key=key) for a in series_rows)
+                if "" in plan.my_lines:
+                    plan.my_lines.setdefault(key, plan.my_lines[""])
+                plan.keys.add(key)
+            plan.set_my_partstat(key, "DECLINED", self.ctx.now, self.me)
+            sources.append(existing.component)
+        return sources
 
     def _rsvp_wanted(self, comps: Sequence[Component], plan: _Plan) -> bool:
         """RSVP=FALSE explicitly says no reply is expected (RFC 5545 3.2.17)."""
@@ -1213,6 +1331,69 @@ def _keep_owner_data(
     if transp is not None:
         comp.set("TRANSP", transp.value)
         instance.transp = transp.value.upper()
+
+
+# What a RANGE=THISANDFUTURE override does not pass on to later overrides: identity,
+# versioning, recurrence and time (the time is moved by offset, see _move).
+_RANGE_SKIP = frozenset(
+    {
+        "UID", "RECURRENCE-ID", "DTSTART", "DTEND", "DURATION", "DUE", "SEQUENCE",
+        "DTSTAMP", "RRULE", "RDATE", "EXDATE", "EXRULE", "ATTENDEE", "ORGANIZER",
+        "LAST-MODIFIED", "CREATED",
+    }
+)  # fmt: skip
+
+
+def _range_changes(rng: Component, master: Component) -> dict[str, list[Property]]:
+    """Properties the range override sets differently from the series."""
+    out: dict[str, list[Property]] = {}
+    names = {p.name for p in rng.properties} | {p.name for p in master.properties}
+    for name in sorted(names - _RANGE_SKIP):
+        if name.startswith("X-MOZ-"):
+            continue
+        mine = sorted(p.to_line() for p in rng.get_all(name))
+        theirs = sorted(p.to_line() for p in master.get_all(name))
+        if mine != theirs:
+            out[name] = [p.copy() for p in rng.get_all(name)]
+    return out
+
+
+def _move(
+    comp: Component, shift: timedelta, length: timedelta | None, resolver: TzResolver
+) -> None:
+    """Shift DTSTART (and DTEND/DUE) by ``shift``; with ``length``, set the new end."""
+    start_prop = comp.get("DTSTART")
+    if start_prop is None:
+        return
+    try:
+        new_start = to_utc(resolver.value(start_prop)) + shift
+    except ValueError:
+        return
+    if not shift and length is None:
+        return
+    moved = format_like("DTSTART", new_start, start_prop, resolver)
+    comp.set("DTSTART", moved.value, moved.params)
+    for name in ("DTEND", "DUE"):
+        prop = comp.get(name)
+        if prop is None:
+            continue
+        try:
+            end = new_start + length if length is not None else to_utc(resolver.value(prop)) + shift
+        except ValueError:
+            continue
+        new_end = format_like(name, end, prop, resolver)
+        comp.set(name, new_end.value, new_end.params)
+    if length is not None and comp.get("DURATION") is not None:
+        comp.set("DURATION", _format_duration(length))
+
+
+def _combined_resolver(stored: StoredObject, calendar: Component) -> TzResolver:
+    zones: dict[str, Component] = {}
+    for vtz in (*stored.header.timezones, *calendar.sub("VTIMEZONE")):
+        tzid = (vtz.value("TZID") or "").strip()
+        if tzid:
+            zones[tzid] = vtz
+    return TzResolver(vtimezones=zones)
 
 
 def _fbtype(partstat: str) -> str:

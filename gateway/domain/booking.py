@@ -36,6 +36,9 @@ class PolicyDecision:
     reason: str
     conflicts: int = 0
     instances: int = 0
+    # Series accepted within the conflict allowance: the instances (keys) that are
+    # declined one by one (issue 3; RFC 5546 3.7.1 per-instance participation).
+    declined_instances: tuple[str, ...] = ()
 
 
 def instances_of(
@@ -75,6 +78,11 @@ def _window(ctx: Context) -> tuple[datetime, datetime]:
 
 def _conflicts(occs: Sequence[Occurrence], ctx: Context, uid: str) -> int:
     return len(overlapping(((o.start, o.end) for o in occs), ctx.busy, ignore_uid=uid))
+
+
+def _conflicting(occs: Sequence[Occurrence], ctx: Context, uid: str) -> list[Occurrence]:
+    """The instances that overlap the owner's busy time (other objects only)."""
+    return [o for o in occs if overlapping([(o.start, o.end)], ctx.busy, ignore_uid=uid)]
 
 
 def _allowed_organizer(organizer: str, allowed: Sequence[str]) -> bool:
@@ -173,22 +181,39 @@ def _book(
             return PolicyDecision("DECLINED", f"outside the {rules.window_days}-day booking window")
     if not occs:
         return PolicyDecision("ACCEPTED", "accepted: no instance in the next 400 days")
-    busy = _conflicts(occs, ctx, uid)
+    clashes = _conflicting(occs, ctx, uid)
+    busy = len(clashes)
     total = len(occs)
     if busy:
         within_count = busy <= rules.max_conflicting_instances
         within_share = busy * 100.0 / total <= rules.max_conflict_percent
         if not (within_count or within_share) or total == 1:
-            return PolicyDecision(
-                "DECLINED", _conflict_text(busy, total), conflicts=busy, instances=total
-            )
+            reason = _conflict_text(busy, total)
+            if total > 1:
+                reason += f" ({_allowance_text(rules)})"
+            return PolicyDecision("DECLINED", reason, conflicts=busy, instances=total)
+        # Within the allowance: the series is accepted and each conflicting instance
+        # declined on its own, so the organiser knows which dates need another room.
         return PolicyDecision(
             "ACCEPTED",
-            f"accepted; {busy} of {total} instances conflict (within the allowance)",
+            f"accepted; {busy} of {total} instances conflict ({_allowance_text(rules)}) "
+            "and are declined individually",
             conflicts=busy,
             instances=total,
+            declined_instances=tuple(o.key for o in clashes),
         )
     return PolicyDecision("ACCEPTED", "accepted: the resource is free", instances=total)
+
+
+def _allowance_text(rules: BookingRules) -> str:
+    parts: list[str] = []
+    if rules.max_conflicting_instances:
+        parts.append(f"{rules.max_conflicting_instances} instance(s)")
+    if rules.max_conflict_percent:
+        parts.append(f"{rules.max_conflict_percent:g}%")
+    if not parts:
+        return "no conflicting instance allowed"
+    return "allowed: at most " + " or ".join(parts)
 
 
 def _first_start(components: Sequence[Component], resolver: TzResolver) -> datetime | None:

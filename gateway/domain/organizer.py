@@ -40,7 +40,13 @@ REPLY (section 3.2.3)
     the delegator (section 4.2.5: MUST).  A REPLY from a delegate whose delegator's
     REPLY has not arrived is **accepted** and the delegate added (section 5.2.2 leaves
     the choice; accepting keeps the answer, and the delegator's REPLY completes the
-    picture whenever it comes).
+    picture whenever it comes).  Re-delegation (4.2.5: "the original delegate [may]
+    delegate the meeting to someone else"): when a delegator's new REPLY names other
+    delegates, an earlier delegate holding the seat only through that delegator is
+    removed and sent a CANCEL naming them (3.2.5), the new one gets the REQUEST.
+
+    VTODO progress (3.4.3, example 4.5.4): PERCENT-COMPLETE of a REPLY is kept on the
+    replying attendee's row (:func:`gateway.domain.state.percent_complete`).
 
     Party crashers (sections 3.2.2.6, 4.2.8): per the owner's policy "accept" (added
     with the received line; no REQUEST is sent since they already hold the forwarded
@@ -82,6 +88,7 @@ from gateway.domain.model import (
     Change,
     Context,
     Decision,
+    DeleteAttendee,
     HoldRequest,
     ITipMessage,
     Method,
@@ -102,6 +109,7 @@ from gateway.domain.state import (
     render_calendar,
     render_component,
     sequence_of,
+    with_percent_complete,
 )
 from gateway.domain.timeutil import TzResolver, format_utc, to_utc
 
@@ -606,7 +614,18 @@ def _reply_component(
             comp, line, okey, orow, False, seq, stamp, after, ctx, warnings
         )
         changes.extend(more)
-        outgoing.extend(more_out)
+        # A delegate cancelled for the series needs no CANCEL per instance as well.
+        series_cancelled = {
+            r
+            for o in outgoing
+            if o.method == Method.CANCEL and o.instance_key == key
+            for r in o.recipients
+        }
+        outgoing.extend(
+            o
+            for o in more_out
+            if not (o.method == Method.CANCEL and set(o.recipients) <= series_cancelled)
+        )
         nxt = apply_changes(after, more)
         assert nxt is not None
         after = nxt
@@ -804,6 +823,9 @@ def _replied(
     else:
         delegated_to = parsed.delegated_to
     statuses = [p.value for p in comp.get_all("REQUEST-STATUS")]
+    progress = _percent(comp)
+    if progress is not None:
+        prop = with_percent_complete(prop, progress)
     return replace(
         row,
         instance_key=key,
@@ -820,6 +842,20 @@ def _replied(
         reply_dtstamp=stamp,
         replied_at=ctx.now,
     )
+
+
+def _percent(comp: Component) -> int | None:
+    """PERCENT-COMPLETE of a VTODO REPLY (RFC 5546 3.4.3; RFC 5545 3.8.1.8: 0-100)."""
+    if comp.name != "VTODO":
+        return None
+    raw = comp.value("PERCENT-COMPLETE")
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return min(max(value, 0), 100)
 
 
 def _apply_row(
@@ -874,6 +910,10 @@ def _apply_row(
                 )
         if new_delegates:
             notes.append(f"delegated to {', '.join(new_delegates)}")
+        dropped = _redelegated(row, updated, key, state, changes)
+        if dropped:
+            notes.append(f"earlier delegate(s) {', '.join(dropped)} cancelled")
+            outgoing.extend(_delegate_cancels(dropped, row, key, state, ctx))
 
     declined_delegators: list[str] = []
     if updated.partstat == "DECLINED" and updated.delegated_from:
@@ -932,6 +972,72 @@ def _apply_row(
             )
             notes.append(f"REQUEST re-sent to delegator {delegator}")
     return changes, outgoing, notes
+
+
+def _redelegated(
+    row: AttendeeState,
+    updated: AttendeeState,
+    key: str,
+    state: StoredObject,
+    changes: list[Change],
+) -> list[str]:
+    """Delegates the delegator replaced by delegating again (RFC 5546 4.2.5, 2.1.2).
+
+    "It is possible for the original delegate to delegate the meeting to someone
+    else": the earlier delegate no longer attends on the delegator's behalf.  A
+    delegate who holds the seat only through this delegator is removed (and gets a
+    CANCEL, :func:`_delegate_cancels`); one also delegated by someone else only loses
+    this DELEGATED-FROM.  A delegate who declined was already unlinked (4.2.7).
+    """
+    dropped: list[str] = []
+    for earlier in row.delegated_to:
+        if earlier in updated.delegated_to:
+            continue
+        drow = state.attendees.get((key, earlier))
+        if drow is None or row.address not in drow.delegated_from:
+            continue
+        rest = tuple(a for a in drow.delegated_from if a != row.address)
+        if rest:
+            changes.append(PutAttendee(replace(drow, delegated_from=rest)))
+            continue
+        changes.append(DeleteAttendee(key, earlier))
+        dropped.append(earlier)
+    return dropped
+
+
+def _delegate_cancels(
+    dropped: list[str], row: AttendeeState, key: str, state: StoredObject, ctx: Context
+) -> list[OutgoingMessage]:
+    """A CANCEL naming the removed delegate (RFC 5546 3.2.5: removing an attendee)."""
+    inst = state.instances.get(key)
+    if inst is None:
+        return []
+    out: list[OutgoingMessage] = []
+    for delegate in dropped:
+        drow = state.attendees[(key, delegate)]
+        comp = render_component(inst, [drow])
+        comp.set("DTSTAMP", format_utc(ctx.now))
+        comp.set("SEQUENCE", str(inst.sequence))
+        comp.add(
+            Property(
+                "COMMENT",
+                escape_text(f"{row.address} delegated the meeting to someone else"),
+            )
+        )
+        out.append(
+            OutgoingMessage(
+                method=Method.CANCEL,
+                sender=normalise(ctx.owner.address),
+                recipients=(delegate,),
+                calendar=render_calendar(state.header, Method.CANCEL, [comp], prodid=ctx.prodid),
+                uid=state.header.uid,
+                instance_key=key,
+                subject_kind="cancelled",
+                summary=state.header.summary,
+                changes=(f"{row.address} delegated the meeting to someone else",),
+            )
+        )
+    return out
 
 
 # --- REFRESH --------------------------------------------------------------------------

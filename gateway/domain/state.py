@@ -25,16 +25,25 @@ from gateway.domain.timeutil import TzResolver, instance_key, parse_duration, to
 
 __all__ = [
     "MAX_SEQUENCE",
+    "PERCENT_PARAM",
     "attendee_from_prop",
     "attendee_prop",
     "compare_versions",
     "dtstamp_of",
     "instance_key_of",
+    "percent_complete",
     "render_calendar",
     "render_component",
     "sequence_of",
     "split_component",
+    "with_percent_complete",
 ]
+
+# RFC 5546 3.4.3: an attendee's VTODO REPLY may carry PERCENT-COMPLETE, their own
+# progress.  The organiser copy keeps it per attendee and instance as a private
+# parameter of the stored ATTENDEE line (the row's text is persisted as is), and
+# :func:`attendee_prop` strips it so it never leaks into outgoing messages.
+PERCENT_PARAM = "X-IMIP-GATEWAY-PERCENT-COMPLETE"
 
 # SEQUENCE is an INTEGER (RFC 5545 section 3.8.7.4: 32-bit), but Google has sent
 # 1407317367304.  We keep what fits a signed 64-bit column and clamp the rest.
@@ -153,7 +162,27 @@ def attendee_prop(att: AttendeeState) -> Property:
     prop.set_param("SENT-BY", to_uri(att.sent_by) if att.sent_by else None)
     prop.set_param("MEMBER", [to_uri(a) for a in att.member] or None)
     prop.set_param("SCHEDULE-STATUS", att.schedule_status or None)
+    prop.set_param(PERCENT_PARAM, None)
     return prop
+
+
+def percent_complete(att: AttendeeState) -> int | None:
+    """The attendee's last reported PERCENT-COMPLETE (RFC 5546 3.4.3), or None."""
+    raw = att.prop.param(PERCENT_PARAM)
+    if raw is None:
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        return None
+    return value if 0 <= value <= 100 else None
+
+
+def with_percent_complete(prop: Property, value: int) -> Property:
+    """``prop`` (a copy) recording ``value`` as the attendee's progress."""
+    out = prop.copy()
+    out.set_param(PERCENT_PARAM, str(value))
+    return out
 
 
 def _span(comp: Component, resolver: TzResolver) -> tuple[datetime | None, datetime | None]:

@@ -30,6 +30,15 @@ Rules of :func:`submit`:
   carrying only those overrides (RECURRENCE-ID).  RDATEs added with nothing else
   significant are sent as ADD (section 3.2.4) to the existing attendees.  A delegator
   who asked for no further updates (RSVP=FALSE, section 4.2.5 C) is skipped.
+* Removing instances (RFC 5546 sections 3.2.5, 4.4.3): a new EXDATE, a dropped RDATE
+  or an override newly STATUS:CANCELLED sends a CANCEL with that RECURRENCE-ID (one
+  component per instance) to the instance's attendees instead of a REQUEST; the other
+  instances' answers stay.  The CANCEL's SEQUENCE is one above the instance's (and
+  the series') current one; the master keeps its SEQUENCE when only instances were
+  removed, as the attendee side records an instance CANCEL without touching its
+  series, so the attendees' later series REPLYs are not discarded as outdated (2.1.5).
+  With another significant change in the same submission everyone gets the full
+  REQUEST (which shows the EXDATE) and no separate CANCEL.
 * METHOD:CANCEL (or STATUS:CANCELLED on the master) cancels for everyone; a CANCEL
   holding only overrides cancels those instances.
 * Local attendees are addressed like any other (the service delivers locally).
@@ -42,7 +51,7 @@ All functions need the complete stored object (every attendee row).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from gateway.domain.addresses import normalise, to_uri
@@ -122,6 +131,9 @@ class _Diff:
     lines: list[str] = field(default_factory=list)
     rdate_added: list[str] = field(default_factory=list)  # instance keys
     rdate_only_added: bool = False
+    # Instances the new version no longer has: a new EXDATE or a removed RDATE.
+    removed_keys: list[str] = field(default_factory=list)
+    removal_only: bool = False
 
 
 def _keys(props: Iterable[Property], resolver: TzResolver) -> frozenset[str]:
@@ -180,6 +192,7 @@ def _diff(
 ) -> _Diff:
     diff = _Diff()
     rdate_grew = False
+    removed: set[str] = set()
     names = {p.name for p in old.properties} | {p.name for p in new.properties}
     for name in sorted(names):
         if name in _VOLATILE or name == "RECURRENCE-ID":
@@ -193,11 +206,14 @@ def _diff(
                 diff.significant.append(name)
             else:
                 diff.visible.append(name)
+            was = before if isinstance(before, frozenset) else frozenset()
+            now = after if isinstance(after, frozenset) else frozenset()
             if name == "RDATE":
-                was = before if isinstance(before, frozenset) else frozenset()
-                now = after if isinstance(after, frozenset) else frozenset()
                 diff.rdate_added = sorted(str(k) for k in now - was)
                 rdate_grew = was <= now
+                removed.update(str(k) for k in was - now)
+            elif name == "EXDATE":
+                removed.update(str(k) for k in now - was)
             continue
         if name.startswith("X-MOZ-"):
             continue  # Thunderbird bookkeeping (X-MOZ-GENERATION, X-MOZ-LASTACK)
@@ -208,6 +224,14 @@ def _diff(
     diff.lines = _change_lines(old, new, diff)
     diff.rdate_only_added = (
         diff.significant == ["RDATE"] and not diff.visible and bool(diff.rdate_added) and rdate_grew
+    )
+    diff.removed_keys = sorted(removed)
+    # RFC 5546 section 3.2.5: removing instances (new EXDATE, dropped RDATE) and
+    # nothing else is a CANCEL of those instances, not a new revision of the series.
+    diff.removal_only = (
+        bool(removed)
+        and not diff.rdate_added
+        and (set(diff.significant) | set(diff.visible)) <= {"EXDATE", "RDATE"}
     )
     return diff
 
@@ -254,6 +278,12 @@ class _Plan:
     lines: dict[str, list[str]] = field(default_factory=dict)  # key -> change lines
     invited: set[str] = field(default_factory=set)  # attendees new to the object
     notes: list[str] = field(default_factory=list)
+    # Instances the organiser removed (EXDATE, dropped RDATE, STATUS:CANCELLED
+    # override): key -> attendees owed a CANCEL with that RECURRENCE-ID (3.2.5).
+    instance_cancel: dict[str, set[str]] = field(default_factory=dict)
+    cancel_instances: dict[str, StoredInstance] = field(default_factory=dict)
+    cancel_seq: dict[str, int] = field(default_factory=dict)
+    cancel_rows: dict[str, list[AttendeeState]] = field(default_factory=dict)
 
 
 def _rows_by_address(rows: Iterable[AttendeeState]) -> dict[str, AttendeeState]:
@@ -348,30 +378,36 @@ def _plan_update(
         else:
             diff = _diff(old_inst.component, inst.component, old_res, new_res, ctx.significant)
             seq = max(inst.sequence, old_inst.sequence)
-            if diff.significant and inst.sequence <= old_inst.sequence and bump:
+            removes = key == "" and diff.removal_only
+            if diff.significant and inst.sequence <= old_inst.sequence and bump and not removes:
                 seq = old_inst.sequence + 1
             changed = bool(diff.significant or diff.visible) or seq != old_inst.sequence
         if key == "":
             master_diff = diff
         quiet_add = diff.rdate_only_added and old_inst is not None
-        significant = bool(diff.significant) and old_inst is not None and not quiet_add
+        # Removing instances (RFC 5546 section 3.2.5) changes nothing for the others:
+        # their answers stay and the removed instances get a CANCEL of their own.
+        removal = key == "" and old_inst is not None and diff.removal_only
+        cancelled_now = (
+            key != "" and inst.cancelled and old_inst is not None and not old_inst.cancelled
+        )
+        significant = (
+            bool(diff.significant)
+            and old_inst is not None
+            and not quiet_add
+            and not removal
+            and not cancelled_now
+        )
         merged, added, removed = _merge_rows(key, old_rows, rows, significant, owners)
 
         comp = inst.component.copy()
         comp.set("SEQUENCE", str(seq))
+        put = replace(inst, component=comp, sequence=seq)
         if changed or stored is None or key not in stored.instances:
             if bump:
                 comp.set("DTSTAMP", format_utc(ctx.now))
-            plan.changes.append(
-                PutInstance(
-                    replace(
-                        inst,
-                        component=comp,
-                        sequence=seq,
-                        dtstamp=ctx.now if bump else inst.dtstamp,
-                    )
-                )
-            )
+            put = replace(put, dtstamp=ctx.now if bump else inst.dtstamp)
+            plan.changes.append(PutInstance(put))
         for row in merged:
             if (
                 old_rows.get(row.address) != row
@@ -387,29 +423,75 @@ def _plan_update(
             plan.lines[key] = diff.lines
 
         recipients = [r for r in merged if r.address not in owners]
+        if cancelled_now:
+            # An override with STATUS:CANCELLED: a CANCEL for that instance to its
+            # attendees (RFC 5546 sections 3.2.5, 4.4.3), not an updated REQUEST.
+            plan.instance_cancel[key] = {r.address for r in recipients if not _no_updates(r, added)}
+            plan.cancel_instances[key] = put
+            plan.cancel_seq[key] = seq
+            plan.lines.setdefault(key, []).append("cancelled")
+            continue
         for row in recipients:
             if row.address not in previously:
                 plan.invited.add(row.address)
-            skip = row.partstat == "DELEGATED" and not row.rsvp and row.address not in added
+            skip = _no_updates(row, added)
             if row.address in added or old_inst is None:
                 _want(plan, row.address, key)
             elif quiet_add and key == "":
                 plan.add[row.address] = list(diff.rdate_added)
+            elif removal:
+                continue  # the removed instances get their CANCEL below
             elif changed and not skip:
                 _want(plan, row.address, key)
 
+    removed_keys: set[str] = set()
+    if master_diff is not None and stored is not None and old_master is not None:
+        removed_keys = set(master_diff.removed_keys)
+        new_master = new.get("")
+        master_seq = max(
+            new_master[0].sequence if new_master is not None else 0, old_master.sequence
+        )
+        for key in sorted(removed_keys):
+            old_override = stored.instances.get(key)
+            if old_override is not None and old_override.cancelled:
+                continue  # its attendees were told already
+            key_rows = attendees_of(stored.attendees, key if old_override is not None else "")
+            plan.instance_cancel[key] = {
+                r.address for r in key_rows if r.address not in owners and not _no_updates(r, [])
+            }
+            plan.cancel_rows[key] = key_rows
+            if old_override is not None:
+                plan.cancel_instances[key] = old_override
+            seq_before = max(master_seq, old_override.sequence if old_override else 0)
+            plan.cancel_seq[key] = seq_before + 1
+            plan.lines.setdefault(key, []).append("cancelled")
+            if old_override is not None and key not in new:
+                plan.changes.append(DeleteInstance(key))
+        if master_diff.removal_only and removed_keys:
+            plan.lines.pop("", None)
+            plan.notes.append("instance(s) removed: " + ", ".join(sorted(removed_keys)))
     if stored is not None and full_replace:
         for key in stored.instances:
-            if key and key not in new:
+            if key and key not in new and key not in removed_keys:
                 # The override is gone: its attendees follow the master again.
                 plan.changes.append(DeleteInstance(key))
                 for row in attendees_of(stored.attendees, key):
                     if row.address not in owners:
                         plan.full.add(row.address)
                 plan.lines.setdefault(key, []).append(f"Instance {key} reverts to the series")
-    if master_diff is not None and master_diff.significant and stored is not None:
+    if (
+        master_diff is not None
+        and master_diff.significant
+        and stored is not None
+        and not master_diff.removal_only
+    ):
         plan.notes.append("significant change: " + ", ".join(master_diff.significant))
     return plan
+
+
+def _no_updates(row: AttendeeState, added: Iterable[str]) -> bool:
+    """A delegator who asked for no further updates (RSVP=FALSE, RFC 5546 4.2.5 C)."""
+    return row.partstat == "DELEGATED" and not row.rsvp and row.address not in added
 
 
 def _want(plan: _Plan, address: str, key: str) -> None:
@@ -692,7 +774,49 @@ def _messages(plan: _Plan, after: StoredObject, ctx: Context) -> list[OutgoingMe
         cal = render_calendar(after.header, Method.CANCEL, comps, prodid=ctx.prodid)
         key = next(iter(keys)) if len(keys) == 1 else ""
         message(Method.CANCEL, rcpts, cal, "cancelled", key)
+    _instance_cancels(plan, after, ctx, message)
     return out
+
+
+def _instance_cancels(
+    plan: _Plan,
+    after: StoredObject,
+    ctx: Context,
+    message: Callable[[str, Iterable[str], Component, str, str], None],
+) -> None:
+    """CANCELs of removed instances, one component per instance (RFC 5546 3.2.5 b).
+
+    Attendees concerned by the same instances share one message.
+    """
+    by_address: dict[str, set[str]] = {}
+    for key, rcpts in plan.instance_cancel.items():
+        for address in rcpts - plan.full:
+            # Whoever gets the whole event anyway sees the EXDATE / cancelled
+            # override in it; a CANCEL as well would be noise.
+            by_address.setdefault(address, set()).add(key)
+    groups: dict[frozenset[str], set[str]] = {}
+    for address, wanted in by_address.items():
+        groups.setdefault(frozenset(wanted), set()).add(address)
+    resolver = stored_resolver(after)
+    for group_keys, rcpts in sorted(groups.items(), key=lambda kv: sorted(kv[0])):
+        comps: list[Component] = []
+        for key in sorted(group_keys):
+            inst = plan.cancel_instances.get(key) or after.instances.get(key)
+            if inst is None and "" in after.instances:
+                inst = derive_instance(after.instances[""], key, resolver)
+            if inst is None:
+                continue
+            inst = replace(inst, sequence=plan.cancel_seq.get(key, inst.sequence))
+            rows = (
+                plan.cancel_rows.get(key)
+                or attendees_of(after.attendees, key)
+                or attendees_of(after.attendees, "")
+            )
+            comps.append(_cancel_component(inst, rows, ctx, whole=True))
+        if comps:
+            cal = render_calendar(after.header, Method.CANCEL, comps, prodid=ctx.prodid)
+            ordered = sorted(group_keys)
+            message(Method.CANCEL, rcpts, cal, "cancelled", ordered[0] if len(ordered) == 1 else "")
 
 
 def _prefixed(key: str, lines: Iterable[str]) -> Iterable[str]:

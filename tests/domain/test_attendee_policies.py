@@ -214,3 +214,87 @@ def test_accept_if_free_accepts_a_todo_even_when_its_span_is_busy() -> None:
     decision, _ = att_process(todo, None, ctx)
     assert decision.outgoing[0].subject_kind == "accepted"
     assert "to-dos do not occupy time" in decision.reason
+
+
+def test_room_series_within_allowance_declines_each_conflicting_instance() -> None:
+    # Issue 3 "conflict handling for series": the series is accepted and every
+    # conflicting instance declined on its own - one REPLY, the master ACCEPTED plus a
+    # DECLINED component with RECURRENCE-ID per conflict (RFC 5546 3.2.3: a REPLY may
+    # carry several components of one UID; 3.7.1: per-instance participation).
+    busy = busy_at("20260311T090000Z", "20260313T093000Z")
+    ctx = att_context(
+        owner="room@example.com",
+        kind="room",
+        booking=BookingRules(max_conflicting_instances=2),
+        busy=busy,
+        now=NOW,
+    )
+    text = invite(rrule="FREQ=DAILY;COUNT=10").replace("b@example.com", "room@example.com")
+    decision, stored = att_process(text, None, ctx)
+    assert decision.outcome == Outcome.APPLIED
+    (reply,) = decision.outgoing
+    assert reply.method == "REPLY"
+    assert reply.subject_kind == "accepted"
+    comps = reply.calendar.sub("VEVENT")
+    answers = {
+        c.value("RECURRENCE-ID") or "": c.get("ATTENDEE").param("PARTSTAT")  # type: ignore[union-attr]
+        for c in comps
+    }
+    assert answers == {
+        "": "ACCEPTED",
+        "20260311T090000Z": "DECLINED",
+        "20260313T090000Z": "DECLINED",
+    }
+    declined = next(c for c in comps if c.value("RECURRENCE-ID") == "20260311T090000Z")
+    assert declined.value("DTSTART") == "20260311T090000Z"
+    assert declined.get("RRULE") is None
+    assert "conflicts" in declined.text("COMMENT")
+    # The room's copy records the instance-level answers.
+    assert att_partstat(stored, "room@example.com") == "ACCEPTED"
+    assert att_partstat(stored, "room@example.com", "20260311T090000Z") == "DECLINED"
+    assert att_partstat(stored, "room@example.com", "20260313T090000Z") == "DECLINED"
+    assert "2 of 10 instances conflict" in decision.reason
+    # Busy time leaves the declined instances out.
+    from gateway.domain.model import ReplaceBusy
+
+    (busy_change,) = [c for c in decision.changes if isinstance(c, ReplaceBusy)]
+    starts = {p.start for p in busy_change.periods}
+    assert len(starts) == 8
+    assert datetime(2026, 3, 11, 9, 0, tzinfo=UTC) not in starts
+    assert datetime(2026, 3, 12, 9, 0, tzinfo=UTC) in starts
+
+
+def test_room_series_beyond_allowance_reason_names_the_counts_and_the_allowance() -> None:
+    busy = busy_at("20260311T090000Z", "20260313T090000Z", "20260315T090000Z")
+    rules = BookingRules(max_conflicting_instances=2, max_conflict_percent=20.0)
+    partstat, reason = book(invite(rrule="FREQ=DAILY;COUNT=10"), rules, busy)
+    assert partstat == "DECLINED"
+    assert "conflicts with 3 of 10 instances (allowed: at most 2 instance(s) or 20%)" in reason
+
+
+def test_room_reply_with_declined_instances_is_applied_per_instance_by_the_organiser() -> None:
+    # The organiser side reads the room's one REPLY component by component (3.2.3):
+    # the series ACCEPTED, the conflicting instances DECLINED as overrides (3.7.1).
+    from gateway.domain import organizer
+    from gateway.domain.ical import serialize
+    from gateway.domain.message import parse_itip
+    from tests.domain.helpers import org_apply, org_context, org_stored
+
+    busy = busy_at("20260311T090000Z")
+    ctx = att_context(
+        owner="room@example.com",
+        kind="room",
+        booking=BookingRules(max_conflict_percent=25.0),
+        busy=busy,
+        now=NOW,
+    )
+    text = invite(rrule="FREQ=DAILY;COUNT=10").replace("b@example.com", "room@example.com")
+    decision, _ = att_process(text, None, ctx)
+    (reply_msg,) = parse_itip(serialize(decision.outgoing[0].calendar)).messages
+    stored = org_stored(text.replace("METHOD:REQUEST", "METHOD:PUBLISH"))
+    applied = organizer.process(reply_msg, stored, org_context(sender="room@example.com"))
+    assert applied.outcome == Outcome.APPLIED
+    after = org_apply(stored, applied)
+    assert after.attendees[("", "room@example.com")].partstat == "ACCEPTED"
+    assert after.attendees[("20260311T090000Z", "room@example.com")].partstat == "DECLINED"
+    assert ("20260312T090000Z", "room@example.com") not in after.attendees

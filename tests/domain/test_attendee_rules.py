@@ -524,3 +524,62 @@ def test_vjournal_add_and_cancel_follow_the_published_entry() -> None:
     assert "20260320" in stored.instances
     assert stored.header.status == "CANCELLED"
     assert all(d.outgoing == [] for d in decisions)
+
+
+def test_this_and_future_request_moves_later_overrides_and_changes_their_properties() -> None:
+    # RFC 5546 4.4.5 / RFC 5545 3.8.4.4: RANGE=THISANDFUTURE changes the instance and
+    # all later ones - an existing later override is moved by the same offset and takes
+    # the changed LOCATION; an earlier override is left alone.
+    series = event(extra="RRULE:FREQ=DAILY;COUNT=5\nLOCATION:Room 1\n")
+    early = event(rid="20260311T090000Z", start="20260311T070000Z", end="20260311T080000Z",
+                  stamp="20260202T000000Z", extra="LOCATION:Room 1\n")  # fmt: skip
+    late = event(rid="20260313T090000Z", start="20260313T120000Z", end="20260313T130000Z",
+                 stamp="20260202T000000Z", extra="LOCATION:Room 1\nDESCRIPTION:own\n")  # fmt: skip
+    stored = stored_after(series, early, late)
+    change = event(seq=1, start="20260312T110000Z", end="20260312T120000Z",
+                   stamp="20260203T000000Z", extra="LOCATION:Room 9\n")  # fmt: skip
+    change = change.replace(
+        "SEQUENCE:1\n", "RECURRENCE-ID;RANGE=THISANDFUTURE:20260312T090000Z\nSEQUENCE:1\n"
+    )
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # busy time is kept around "now"
+    decision, after = att_process(change, stored, att_context(policy="accept", now=now))
+    assert decision.outcome == Outcome.APPLIED
+    assert after is not None
+    rng = after.instances["20260312T090000Z"]
+    assert rng.this_and_future
+    moved = after.instances["20260313T090000Z"]
+    # +2 hours, as the range instance moved from 09:00 to 11:00.
+    assert moved.start == datetime(2026, 3, 13, 14, 0, tzinfo=UTC)
+    assert moved.end == datetime(2026, 3, 13, 15, 0, tzinfo=UTC)
+    assert moved.component.text("LOCATION") == "Room 9"
+    assert moved.component.text("DESCRIPTION") == "own"  # not changed by the range
+    assert moved.sequence == 1
+    earlier = after.instances["20260311T090000Z"]
+    assert earlier.start == datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
+    assert earlier.component.text("LOCATION") == "Room 1"
+    # The owner answered the range; the later override carries the same answer.
+    assert att_partstat(after, "b@example.com", "20260313T090000Z") == "ACCEPTED"
+    # Busy time follows: later instances at 11:00 (shifted), the override at 14:00.
+    (busy,) = [c for c in decision.changes if isinstance(c, ReplaceBusy)]
+    starts = sorted(p.start for p in busy.periods)
+    assert datetime(2026, 3, 14, 11, 0, tzinfo=UTC) in starts
+    assert datetime(2026, 3, 13, 14, 0, tzinfo=UTC) in starts
+    assert datetime(2026, 3, 14, 9, 0, tzinfo=UTC) not in starts
+    assert datetime(2026, 3, 10, 9, 0, tzinfo=UTC) in starts  # before the range: unchanged
+
+
+def test_this_and_future_request_with_new_length_sets_later_overrides_length() -> None:
+    series = event(extra="RRULE:FREQ=DAILY;COUNT=5\n")
+    late = event(rid="20260314T090000Z", start="20260314T100000Z", end="20260314T110000Z",
+                 stamp="20260202T000000Z")  # fmt: skip
+    stored = stored_after(series, late)
+    change = event(seq=1, start="20260312T090000Z", end="20260312T113000Z",
+                   stamp="20260203T000000Z")  # fmt: skip
+    change = change.replace(
+        "SEQUENCE:1\n", "RECURRENCE-ID;RANGE=THISANDFUTURE:20260312T090000Z\nSEQUENCE:1\n"
+    )
+    _, after = att_process(change, stored, att_context(policy="accept"))
+    assert after is not None
+    moved = after.instances["20260314T090000Z"]
+    assert moved.start == datetime(2026, 3, 14, 10, 0, tzinfo=UTC)  # no shift
+    assert moved.end == datetime(2026, 3, 14, 12, 30, tzinfo=UTC)  # 2h30 like the range

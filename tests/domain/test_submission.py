@@ -401,11 +401,13 @@ def test_removed_override_reverts_to_the_series_and_its_attendees_get_the_event(
     assert [c.get("RECURRENCE-ID") for c in msg.calendar.sub("VEVENT")] == [None]
 
 
-def test_new_exdate_is_significant_and_goes_to_everyone() -> None:
+def test_new_exdate_with_another_significant_change_goes_to_everyone() -> None:
+    # An EXDATE alone is a CANCEL of that instance (test_submission_instances.py); with
+    # a location change as well the series has a new revision for everyone (2.1.4).
     stored = accepted_by_b_and_c()
     text = EVENT.replace(
         "RRULE:FREQ=WEEKLY;COUNT=4", "RRULE:FREQ=WEEKLY;COUNT=4\nEXDATE:20260316T090000Z"
-    )
+    ).replace("LOCATION:Room 1", "LOCATION:Room 2")
     d = submit(org_calendar(text), stored, ctx())
     after = org_apply(stored, d)
     assert after.instances[""].sequence == 1
