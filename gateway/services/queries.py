@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.domain.addresses import normalise
 from gateway.domain.model import StoredObject
+from gateway.domain.state import percent_complete
 from gateway.store import journal, objects, outbox, scheduling
 from gateway.store.models import OutboxRow
 from gateway.store.tx import Tx
@@ -87,6 +88,7 @@ def _stored_json(stored: StoredObject) -> JSON:
                         "reply_sequence": a.reply_sequence,
                         "reply_dtstamp": _iso(a.reply_dtstamp),
                         "replied_at": _iso(a.replied_at),
+                        "percent_complete": percent_complete(a),
                     }
                     for a in atts
                 ],
