@@ -210,8 +210,14 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
         on_failure,
     )
     processing = ProcessingWorker(store, processor, clock, on_queued=outbox_worker.notify)
+    # Intake gets its own connection and thread: a listener's 250 waits only for its own
+    # journal INSERT, never in a queue behind decisions being processed (on SQLite the
+    # two still take turns on the write lock, but a journal write is a millisecond).
+    intake_store = Store(
+        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+    )
     intake = JournalIntake(
-        store,
+        intake_store,
         clock,
         on_accepted=processing.notify,
         max_message_bytes=settings.gateway.max_message_bytes,
@@ -236,7 +242,12 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
         )
     for account in settings.imap.accounts:
         runnables.append(ImapPoller(_imap_options(account), intake, store, clock))
-    return App(settings=settings, store=store, runnables=runnables, closers=[sender.aclose])
+    return App(
+        settings=settings,
+        store=store,
+        runnables=runnables,
+        closers=[sender.aclose, intake_store.aclose],
+    )
 
 
 def _imap_options(a: ImapAccountConfig) -> ImapAccountOptions:

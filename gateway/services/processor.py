@@ -40,7 +40,7 @@ from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, schedul
 from gateway.store.models import JournalRow
 from gateway.store.tx import Tx
 
-__all__ = ["Directory", "PartResult", "ProcessingOptions", "Processor"]
+__all__ = ["BatchItem", "Directory", "PartResult", "ProcessingOptions", "Processor"]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,16 @@ class PartResult:
         }
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """What processing one row of a batch gave."""
+
+    journal_id: int
+    results: list[PartResult]
+    queued: int  # outbox rows written
+    error: str  # "" unless processing raised (the row was then recorded as failed)
+
+
 @dataclass
 class _Run:
     """State of processing one journal row inside its transaction."""
@@ -143,13 +153,39 @@ class Processor:
         )
         return [r.id for r in rows]
 
+    def process_batch(self, s: Tx, journal_ids: Sequence[int], now: datetime) -> list[BatchItem]:
+        """Process claimed rows in the caller's ONE transaction (group commit).
+
+        Each message runs inside its own SAVEPOINT: a message whose processing raises is
+        rolled back alone and recorded as failed (quarantined after ``max_attempts``)
+        while the others commit together.  Safe because every row is already durable in
+        the journal and still leased: a crash loses the batch's work, never a message,
+        and the batch is processed again once the leases expire.
+        """
+        out: list[BatchItem] = []
+        for journal_id in journal_ids:
+            try:
+                with s.begin_nested():
+                    results, queued = self._process_row(s, journal_id, now)
+            except Exception as exc:
+                log.exception("processing journal row %s failed", journal_id)
+                error = f"{type(exc).__name__}: {exc}"
+                self.fail_row(s, journal_id, error, now)
+                out.append(BatchItem(journal_id, [], 0, error))
+                continue
+            out.append(BatchItem(journal_id, results, queued, ""))
+        return out
+
     def process_row(self, s: Tx, journal_id: int, now: datetime) -> list[PartResult]:
         """Process one journal row completely, in the caller's transaction."""
+        return self._process_row(s, journal_id, now)[0]
+
+    def _process_row(self, s: Tx, journal_id: int, now: datetime) -> tuple[list[PartResult], int]:
         # Lock the row: if our lease expired while we worked and another worker claimed
         # it, one of us waits here and then sees "done" - a decision is applied once.
         row = s.get(JournalRow, journal_id, with_for_update=True)
         if row is None or row.status in ("done", "quarantined"):
-            return []
+            return [], 0
         raw = bytes(row.raw)
         if row.source == "send":
             extraction = bare_calendar(raw)  # `imip-gateway send FILE.ics`: no mail around it
@@ -185,7 +221,7 @@ class Processor:
             )
         status, outcome, reason = _summarise(run.results)
         journal.finish(s, journal_id, status, outcome=outcome, reason=reason, now=now)
-        return run.results
+        return run.results, run.queued
 
     def process_now(self, s: Tx, journal_id: int, now: datetime) -> list[PartResult] | None:
         """Process a row that is still ``pending`` right away (the ``ingest`` command).

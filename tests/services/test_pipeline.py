@@ -356,3 +356,46 @@ def test_relay_mode_from_a_non_local_sender_only_forwards(db_url: str) -> None:
         assert [o["outcome"] for o in outcomes] == ["applied"]
         assert "forwarded unchanged to 1" in str(outcomes[0]["reason"])
         assert svc.store.read_sync(queries.event_list) == []
+
+
+def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.domain import engine
+
+    real = engine.process
+
+    def flaky(msg, stored, ctx):  # type: ignore[no-untyped-def]
+        if msg.uid == "bad@x":
+            raise RuntimeError("only this one breaks")
+        return real(msg, stored, ctx)
+
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        monkeypatch.setattr(engine, "process", flaky)
+        ids = []
+        for uid in ("good-1@x", "bad@x", "good-2@x"):
+            row, _dup = svc.store.run_sync(
+                journal.record_inbound,
+                imip_mail(vevent(uid=uid), sender=ORGANIZER, to=ATTENDEE),
+                message_id=f"<{uid}>",
+                source="smtp",
+                envelope_from=ORGANIZER,
+                envelope_to=[ATTENDEE],
+                now=clock(),
+            )
+            ids.append(row.id)
+        claimed = svc.store.run_sync(svc.processor.claim, clock(), 10)
+        assert claimed == ids
+        items = svc.store.run_sync(svc.processor.process_batch, claimed, clock())
+        assert [(i.journal_id, bool(i.error), i.queued) for i in items] == [
+            (ids[0], False, 1),
+            (ids[1], True, 0),
+            (ids[2], False, 1),
+        ]
+        statuses = {m["id"]: m["status"] for m in svc.store.read_sync(queries.message_list)}
+        assert statuses == {ids[0]: "done", ids[1]: "pending", ids[2]: "done"}
+        # The failed one left no half-applied state behind.
+        uids = {e["uid"] for e in svc.store.read_sync(queries.event_list)}
+        assert uids == {"good-1@x", "good-2@x"}
+        assert sorted(r["uid"] for r in outbox_rows(svc)) == ["good-1@x", "good-2@x"]
