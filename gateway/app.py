@@ -126,6 +126,7 @@ def build_processor(settings: Settings) -> Processor:
         attendee_relays=tuple(settings.identity.attendee_relays),
         require_dmarc_pass=settings.identity.require_dmarc_pass,
         lease_seconds=g.processing_lease_seconds,
+        marker=g.hostname,
     )
     return Processor(StaticDirectory(user_policy(u) for u in settings.users), options)
 

@@ -156,26 +156,33 @@ def replies_cmd(ctx: Context) -> int:
 
 
 def _print_aggregate(item: dict[str, object]) -> None:
-    print(f"{item.get('uid')}  organizer={item.get('organizer')}  owner={item.get('owner')}")
+    print(
+        f"{item.get('uid')}  organizer={item.get('organizer')}  owner={item.get('owner')}"
+        f"  sequence={item.get('sequence')}  {item.get('summary') or ''}"
+    )
+    blocks: list[object] = [item.get("series")]
     instances = item.get("instances")
-    if not isinstance(instances, list):
-        return
-    for inst in instances:
+    if isinstance(instances, list):
+        blocks += instances
+    for inst in blocks:
         if not isinstance(inst, dict):
             continue
-        label = inst.get("recurrence_id") or "series"
+        label = inst.get("key") or "series"
         counts = inst.get("counts") or {}
         summary = ", ".join(f"{k}={v}" for k, v in sorted(dict(counts).items()))
-        print(f"  [{label}] {summary}")
+        differs = "  (differs from the series)" if inst.get("differs_from_series") else ""
+        print(f"  [{label}] {summary}{differs}")
         waiting = inst.get("not_answered") or []
         if waiting:
             print(f"    not answered: {', '.join(map(str, waiting))}")
-        delegations = inst.get("delegations") or []
-        for d in delegations:
-            print(f"    delegated: {d}")
+        for d in inst.get("delegations") or []:
+            if isinstance(d, dict):
+                print(f"    delegated: {d.get('delegator')} -> {d.get('delegate')}")
+            else:
+                print(f"    delegated: {d}")
     counters = item.get("counters") or []
     if isinstance(counters, list) and counters:
-        print(f"  pending COUNTER proposals: {len(counters)}")
+        print(f"  pending COUNTER proposals: {len(counters)} (imip-gateway counter accept|decline)")
 
 
 def messages_list(ctx: Context) -> int:

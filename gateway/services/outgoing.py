@@ -147,6 +147,7 @@ def compose_outgoing(
     message_id: str,
     in_reply_to: str | None = None,
     references: Sequence[str] = (),
+    marker: str = "1",
 ) -> ComposedMessage:
     """Compose the iMIP mail for one recipient of ``out``."""
     refs = [*references]
@@ -166,5 +167,6 @@ def compose_outgoing(
         references=refs,
         message_id=message_id,
         auto_submitted="auto-replied" if out.auto and out.answering else "auto-generated",
+        gateway_marker=marker,
     )
     return compose_imip(request)

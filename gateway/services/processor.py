@@ -77,6 +77,9 @@ class ProcessingOptions:
     require_dmarc_pass: bool = False
     lease_seconds: float = 300.0
     max_attempts: int = 3
+    # Stamped in X-IMIP-Gateway on every message we send; a message carrying OUR value
+    # coming back is a loop.  Replicas of one deployment share it (gateway.hostname).
+    marker: str = "localhost"
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ class _Run:
     identity: SenderIdentity
     now: datetime
     results: list[PartResult] = field(default_factory=list)
-    queued: int = 0
+    queued: int = 0  # outbox rows written
+    local: int = 0  # messages delivered to local users through the journal
 
 
 class Processor:
@@ -201,7 +205,12 @@ class Processor:
             identity = replace(identity, local_submission=True)
         run = _Run(journal_id, row.source, extraction, identity, now)
         if row.source == "relay":
-            self._relay(s, run, row.envelope_from or "", list(row.envelope_to or []), raw)
+            rcpts = list(row.envelope_to or [])
+            self._relay(s, run, row.envelope_from or "", rcpts, raw)
+            # Local recipients of relayed mail are served here, like any delivery.
+            local = [r for r in rcpts if self.directory.is_local(r)]
+            if local:
+                self._dispatch(s, run, self._recipients(local, extraction, row.source))
         else:
             recipients = self._recipients(list(row.envelope_to or []), extraction, row.source)
             self._dispatch(s, run, recipients)
@@ -293,7 +302,7 @@ class Processor:
 
     def _dispatch(self, s: Tx, run: _Run, recipients: list[str]) -> None:
         ext = run.extraction
-        if ext.generated_by_us:
+        if ext.generated_by_us and run.source != "local":
             run.results.append(
                 PartResult(0, "", Outcome.IGNORED_LOOP.value, "message was sent by this gateway")
             )
@@ -445,11 +454,14 @@ class Processor:
         local organiser sends, then forward the mail unchanged to its recipients."""
         user = self.directory.local_user(sender)
         remote = [r for r in rcpts if not self.directory.is_local(r)]
+        recorded: list[tuple[str, int | None]] = []
         if user is not None:
             for part in run.extraction.parts:
                 parsed = parse_itip(part.text, mime_method=part.mime_method)
                 for msg in parsed.messages:
-                    decision = self._record_outbound(s, run, user, msg)
+                    decision, object_id = self._record_outbound(s, run, user, msg)
+                    if object_id is not None:
+                        recorded.append((msg.uid, object_id))
                     run.results.append(
                         PartResult(
                             part.index,
@@ -463,6 +475,9 @@ class Processor:
                         )
                     )
         message_id = run.extraction.message_id or self._new_message_id()
+        # With one recorded event, a refusal (5xx) or bounce of the forwarded mail is
+        # mapped back to that attendee on the organiser copy.
+        uid, object_id = recorded[0] if len(recorded) == 1 else ("", None)
         for rcpt in remote:
             outbox.enqueue(
                 s,
@@ -470,11 +485,12 @@ class Processor:
                 sender=normalise(sender),
                 recipient=rcpt,
                 method=FORWARD_METHOD,
-                uid="",
+                uid=uid,
                 payload=raw,
                 message_id=message_id,
                 now=run.now,
                 journal_id=run.journal_id,
+                object_id=object_id,
             )
             run.queued += 1
         run.results.append(
@@ -486,22 +502,23 @@ class Processor:
             )
         )
 
-    def _record_outbound(self, s: Tx, run: _Run, user: UserPolicy, msg: ITipMessage) -> Decision:
+    def _record_outbound(
+        self, s: Tx, run: _Run, user: UserPolicy, msg: ITipMessage
+    ) -> tuple[Decision, int | None]:
         if msg.method not in ("REQUEST", "CANCEL", "ADD", "PUBLISH"):
-            return Decision(
-                Outcome.IGNORED_UNSUPPORTED, f"{msg.method} is not an organiser message"
-            )
+            reason = f"{msg.method} is not an organiser message"
+            return Decision(Outcome.IGNORED_UNSUPPORTED, reason), None
         organizer = normalise(msg.components[0].value("ORGANIZER") if msg.components else "")
         if organizer != user.address:
-            return Decision(
-                Outcome.IGNORED_POLICY,
-                f"ORGANIZER {organizer or '(none)'} is not the sending local user {user.address}",
-            )
+            reason = f"ORGANIZER {organizer or '(none)'} is not the sending local user"
+            return Decision(Outcome.IGNORED_POLICY, f"{reason} {user.address}"), None
         ctx = self._context(user, replace(run.identity, local_submission=True), run.now)
         stored, object_id = scheduling.load(s, user.address, msg.uid, with_held=True)
         decision = submission.record_outbound(msg, stored, ctx)
-        self._apply(s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id)
-        return decision
+        object_id = self._apply(
+            s, run, user, msg.uid, object_id, decision, journal_id=run.journal_id
+        )
+        return decision, object_id
 
     def _apply(
         self,
@@ -514,14 +531,19 @@ class Processor:
         *,
         journal_id: int | None,
         depth: int = 0,
-    ) -> None:
+    ) -> int | None:
         object_id = scheduling.apply(s, user.address, uid, object_id, decision.changes, run.now)
         for request in decision.hold:
             scheduling.hold(s, user.address, uid, request, journal_id, run.now)
+        notes: list[str] = []
         for out in decision.outgoing:
-            self._queue(s, run, user, out, object_id)
+            notes += self._queue(s, run, user, out, object_id)
+        if notes:
+            # The outcome must not claim a reply went out when it did not.
+            decision.reason = f"{decision.reason}; {'; '.join(notes)}"
         if decision.release and depth < 3:
             self._release(s, run, user, uid, depth)
+        return object_id
 
     def _release(self, s: Tx, run: _Run, user: UserPolicy, uid: str, depth: int) -> None:
         """Re-run held messages now that their object exists (RFC 5546 section 5.2.1)."""
@@ -567,11 +589,14 @@ class Processor:
         user: UserPolicy,
         out: OutgoingMessage,
         object_id: int | None,
-    ) -> None:
+    ) -> list[str]:
+        """Queue ``out`` for each recipient; returns notes on what was NOT sent and why."""
         ext = run.extraction
+        notes: list[str] = []
         # RFC 3834 section 2: never answer automatic replies or bounces automatically.
         if out.auto and (ext.is_bounce or (ext.auto_submitted or "no") == "auto-replied"):
-            return
+            why = "a bounce" if ext.is_bounce else "an automatic reply (Auto-Submitted)"
+            return [f"{out.method} not sent: the message answered is {why} (RFC 3834)"]
         for recipient in out.recipients:
             if not recipient or normalise(recipient) == user.address:
                 continue
@@ -579,6 +604,10 @@ class Processor:
                 s, recipient, run.now, 3600.0, self.options.auto_reply_limit_per_hour
             ):
                 log.warning("automatic %s to %s suppressed: rate limit", out.method, recipient)
+                notes.append(
+                    f"{out.method} to {recipient} not sent: automatic-reply limit of "
+                    f"{self.options.auto_reply_limit_per_hour} per hour reached (RFC 3834)"
+                )
                 continue
             composed = compose_outgoing(
                 out,
@@ -588,7 +617,23 @@ class Processor:
                 message_id=self._new_message_id(),
                 in_reply_to=ext.message_id if out.answering else None,
                 references=ext.references,
+                marker=self.options.marker,
             )
+            if self.directory.is_local(recipient):
+                # A local recipient's copy never leaves the gateway: it is journaled as an
+                # inbound message in this same transaction (durable, processed next, with
+                # its own outcome) instead of travelling out and back through the relay.
+                journal.record_inbound(
+                    s,
+                    composed.data,
+                    message_id=composed.message_id,
+                    source="local",
+                    envelope_from=user.address,
+                    envelope_to=[recipient],
+                    now=run.now,
+                )
+                run.local += 1
+                continue
             outbox.enqueue(
                 s,
                 owner=user.address,
@@ -604,6 +649,7 @@ class Processor:
                 object_id=object_id,
             )
             run.queued += 1
+        return notes
 
     # --- delivery status notifications ---------------------------------------------------
 

@@ -39,7 +39,7 @@ __all__ = [
     "record_inbound",
 ]
 
-Source = Literal["smtp", "lmtp", "imap", "ingest", "send", "relay", "filter"]
+Source = Literal["smtp", "lmtp", "imap", "ingest", "send", "relay", "filter", "local"]
 JournalStatus = Literal["pending", "processing", "done", "quarantined"]
 
 _DUPLICATE = select(JournalRow).where(

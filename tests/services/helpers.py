@@ -14,7 +14,8 @@ from gateway.services.runtime import GatewayServices
 from gateway.store import migrate
 from gateway.store.facade import Store
 
-ORGANIZER = "alice@example.org"
+ORGANIZER = "alice@example.org"  # a local user (organiser-side tests)
+REMOTE_ORGANIZER = "olga@remote.example"  # not local: invitations from outside
 ATTENDEE = "bob@example.net"
 ROOM = "room-1@example.net"
 OUTSIDER = "mallory@evil.example"
@@ -159,3 +160,14 @@ def payload_of(services: GatewayServices, outbox_id: object) -> bytes:
 
 
 Runner = Callable[..., tuple[int, bool, list[dict[str, object]]]]
+
+
+def drain(services: GatewayServices) -> int:
+    """Process every pending journal row (local deliveries included), as the worker would."""
+    total = 0
+    while True:
+        ids = services.store.run_sync(services.processor.claim, services.clock(), 50)
+        if not ids:
+            return total
+        services.store.run_sync(services.processor.process_batch, ids, services.clock())
+        total += len(ids)

@@ -16,8 +16,10 @@ from tests.services.helpers import (
     ATTENDEE,
     ORGANIZER,
     OUTSIDER,
+    REMOTE_ORGANIZER,
     ROOM,
     FrozenClock,
+    drain,
     imip_mail,
     open_services,
     outbox_rows,
@@ -34,7 +36,12 @@ def test_request_to_auto_accepting_user_stores_event_and_queues_accepted_reply(
     db_url: str,
 ) -> None:
     with open_services(db_url) as svc:
-        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE, message_id="<inv-1@client.test>")
+        raw = imip_mail(
+            vevent(organizer=REMOTE_ORGANIZER),
+            sender=REMOTE_ORGANIZER,
+            to=ATTENDEE,
+            message_id="<inv-1@client.test>",
+        )
         journal_id, duplicate, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
         assert not duplicate
         assert [o["outcome"] for o in outcomes] == ["applied"]
@@ -46,7 +53,7 @@ def test_request_to_auto_accepting_user_stores_event_and_queues_accepted_reply(
         assert bob["partstat"] == "ACCEPTED"
 
         rows = outbox_rows(svc)
-        assert [(r["method"], r["recipient"]) for r in rows] == [("REPLY", ORGANIZER)]
+        assert [(r["method"], r["recipient"]) for r in rows] == [("REPLY", REMOTE_ORGANIZER)]
         mail = email.message_from_bytes(payload_of(svc, rows[0]["id"]))
         assert mail["In-Reply-To"] == "<inv-1@client.test>"
         assert mail["Auto-Submitted"] == "auto-replied"
@@ -62,7 +69,12 @@ def test_request_to_auto_accepting_user_stores_event_and_queues_accepted_reply(
 
 def test_duplicate_delivery_is_recognised_and_not_applied_twice(db_url: str) -> None:
     with open_services(db_url) as svc:
-        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE, message_id="<dup@client.test>")
+        raw = imip_mail(
+            vevent(organizer=REMOTE_ORGANIZER),
+            sender=REMOTE_ORGANIZER,
+            to=ATTENDEE,
+            message_id="<dup@client.test>",
+        )
         first = svc.ingest_now(raw, recipients=[ATTENDEE])
         second = svc.ingest_now(raw, recipients=[ATTENDEE])
         assert second[1] is True
@@ -147,17 +159,20 @@ def test_alias_recipient_is_processed_for_the_primary_address(db_url: str) -> No
 def test_room_declines_a_conflicting_booking_and_accepts_a_free_slot(db_url: str) -> None:
     with open_services(db_url) as svc:
         first = imip_mail(
-            vevent(uid="r1@x", attendees=((ROOM, "NEEDS-ACTION"),)), sender=ORGANIZER, to=ROOM
+            vevent(uid="r1@x", organizer=REMOTE_ORGANIZER, attendees=((ROOM, "NEEDS-ACTION"),)),
+            sender=REMOTE_ORGANIZER,
+            to=ROOM,
         )
         assert _outcomes(svc.ingest_now(first, recipients=[ROOM])) == ["applied"]
         clash = imip_mail(
             vevent(
                 uid="r2@x",
+                organizer=REMOTE_ORGANIZER,
                 start="20260110T103000Z",
                 end="20260110T113000Z",
                 attendees=((ROOM, "NEEDS-ACTION"),),
             ),
-            sender=ORGANIZER,
+            sender=REMOTE_ORGANIZER,
             to=ROOM,
         )
         assert _outcomes(svc.ingest_now(clash, recipients=[ROOM])) == ["applied"]
@@ -178,8 +193,12 @@ def test_organiser_send_then_replies_are_aggregated_and_stale_ones_discarded(
         ).encode()
         _jid, sent = svc.send(ics)
         assert [o["outcome"] for o in sent] == ["applied"]
+        # The remote attendee's REQUEST leaves through the outbox; the local one's copy is
+        # journaled for bob directly (it never travels out and back through the relay).
         requests = [r for r in outbox_rows(svc) if r["method"] == "REQUEST"]
-        assert sorted(str(r["recipient"]) for r in requests) == sorted([ATTENDEE, OUTSIDER])
+        assert [str(r["recipient"]) for r in requests] == [OUTSIDER]
+        local = [m for m in svc.store.read_sync(queries.message_list) if m["source"] == "local"]
+        assert [m["envelope_to"] for m in local] == [[ATTENDEE]]
 
         def reply(partstat: str, dtstamp: str, mid: str) -> list[str]:
             cal = vevent(
@@ -197,9 +216,15 @@ def test_organiser_send_then_replies_are_aggregated_and_stale_ones_discarded(
 
         stored = svc.store.read_sync(queries.load_for_owner, "org-1@example.org", ORGANIZER)
         report = svc.aggregate(stored[0])
-        text = str(report)
-        assert "ACCEPTED" in text
-        assert ATTENDEE in text  # bob has not answered yet
+        series = report["series"]
+        assert series["not_answered"] == [ATTENDEE]  # bob's copy is not processed yet
+        # Processing the local deliveries: bob (policy accept) accepts, and his REPLY is
+        # journaled for alice and aggregated - all without the relay.
+        assert drain(svc) == 2
+        stored = svc.store.read_sync(queries.load_for_owner, "org-1@example.org", ORGANIZER)
+        series = svc.aggregate(stored[0])["series"]
+        assert series["not_answered"] == []
+        assert [r["method"] for r in outbox_rows(svc)] == ["REQUEST"]  # nothing else left
 
 
 def test_reply_before_the_organiser_copy_exists_is_held_then_applied(db_url: str) -> None:
@@ -246,7 +271,7 @@ def test_delivery_report_for_a_sent_request_marks_the_attendee(db_url: str) -> N
 def test_crashed_processing_is_resumed_after_the_lease_and_applied_once(db_url: str) -> None:
     clock = FrozenClock()
     with open_services(db_url, clock) as svc:
-        raw = imip_mail(vevent(), sender=ORGANIZER, to=ATTENDEE)
+        raw = imip_mail(vevent(organizer=REMOTE_ORGANIZER), sender=REMOTE_ORGANIZER, to=ATTENDEE)
         row, _dup = svc.store.run_sync(
             journal.record_inbound,
             raw,
@@ -377,7 +402,11 @@ def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
         for uid in ("good-1@x", "bad@x", "good-2@x"):
             row, _dup = svc.store.run_sync(
                 journal.record_inbound,
-                imip_mail(vevent(uid=uid), sender=ORGANIZER, to=ATTENDEE),
+                imip_mail(
+                    vevent(uid=uid, organizer=REMOTE_ORGANIZER),
+                    sender=REMOTE_ORGANIZER,
+                    to=ATTENDEE,
+                ),
                 message_id=f"<{uid}>",
                 source="smtp",
                 envelope_from=ORGANIZER,
