@@ -569,7 +569,7 @@ class _Run:
                         instance_key_=self._single_key(),
                     )
                 )
-                reasons.append(f"{decided.partstat} sent: {decided.reason}")
+                reasons.append(f"answered {decided.partstat}: {decided.reason}")
             elif reply_comps:
                 reasons.append(f"{decided.partstat} recorded, no reply requested (RSVP=FALSE)")
             else:
@@ -989,7 +989,7 @@ class _Run:
                         instance_key_=key,
                     )
                 )
-                decision.reason += f"; {decided.partstat} sent: {decided.reason}"
+                decision.reason += f"; answered {decided.partstat}: {decided.reason}"
             else:
                 decision.reason += f"; {decided.reason}"
         decision.changes.extend(PutAttendee(a) for a in plan.attendees)

@@ -30,6 +30,7 @@ __all__ = [
     "message_ids",
     "parse_date",
     "raw_values",
+    "unfold_value",
 ]
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
@@ -62,6 +63,18 @@ def decode_value(value: object) -> str:
         with contextlib.suppress(ValueError, LookupError, UnicodeError, AssertionError):
             text = str(make_header(decode_header(text)))
     return _CTRL.sub(" ", text).strip()
+
+
+def unfold_value(value: object) -> str:
+    """A header value unfolded, 8-bit text recovered, controls blanked; NOT RFC 2047 decoded.
+
+    Address lists must be parsed before their encoded words are decoded (RFC 2047
+    section 5: an encoded word may only stand for a phrase word, never for part of an
+    addr-spec).  Decoding first would turn a display name such as
+    ``=?utf-8?q?boss=40bank.example?= <mallory@evil.example>`` into a second address.
+    """
+    text = value if isinstance(value, str) else str(value)
+    return _CTRL.sub(" ", _undo_surrogates(_FOLD.sub("", text))).strip()
 
 
 def raw_values(msg: Message, name: str) -> list[str]:
@@ -117,8 +130,12 @@ def _simple_addresses(text: str) -> list[str] | None:
 
 
 def addresses(values: Iterable[str]) -> tuple[str, ...]:
-    """Normalised mail addresses from address-list header values, in order, unique."""
-    decoded = [decode_value(v) for v in values]
+    """Normalised mail addresses from address-list header values, in order, unique.
+
+    Encoded words are left encoded: only addr-specs are wanted, and an encoded display
+    name must never be read as an address (see :func:`unfold_value`).
+    """
+    decoded = [unfold_value(v) for v in values]
     out: list[str] = []
     simple: list[str] = []
     for text in decoded:

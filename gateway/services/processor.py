@@ -605,7 +605,7 @@ class Processor:
             ):
                 log.warning("automatic %s to %s suppressed: rate limit", out.method, recipient)
                 notes.append(
-                    f"{out.method} to {recipient} not sent: automatic-reply limit of "
+                    f"{out.method} to {recipient} not sent: automatic-reply rate limit of "
                     f"{self.options.auto_reply_limit_per_hour} per hour reached (RFC 3834)"
                 )
                 continue
