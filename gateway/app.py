@@ -186,14 +186,13 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
         # A 5xx (or giving up) is reflected on the attendee (SCHEDULE-STATUS), so the
         # organiser's `events show` says the invitation never arrived.
         row = failed.row
-        code = "5.1.1" if failed.code in (550, 551, 553) else ("5.3" if failed.expired else "5.1")
         await store.run(
             record_delivery_failure,
             row.object_id,
             row.instance_key,
             row.recipient,
-            code,
-            failed.reason,
+            str(failed.code or ""),
+            ("gave up: " if failed.expired else "") + failed.reason,
             clock(),
         )
 
@@ -207,6 +206,10 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
             retry_max_seconds=relay.retry_max_seconds,
             max_age_hours=relay.max_age_hours,
             envelope_from=relay.from_address,
+            poll_interval_seconds=relay.poll_interval_seconds,
+            # Longer than one send can take (connect + transaction timeouts), so a
+            # lease never expires under a send that is still running.
+            lease_seconds=max(60.0, 4 * relay.timeout_seconds),
         ),
         on_failure,
     )

@@ -330,6 +330,9 @@ class RelayConfig(_Section):
     # After this long a message that still fails temporarily is given up (like an MTA's
     # maximal queue lifetime) and recorded as failed.
     max_age_hours: float = Field(default=72, gt=0)
+    # How often the outbox looks for due rows it was not woken for (rows queued by the
+    # CLI or another replica); retries this process scheduled wake it on time anyway.
+    poll_interval_seconds: float = Field(default=5, gt=0)
     # Envelope sender of mail the gateway originates; empty = imip-gateway@<hostname>.
     from_address: str = ""
 

@@ -40,7 +40,15 @@ from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, schedul
 from gateway.store.models import JournalRow
 from gateway.store.tx import Tx
 
-__all__ = ["BatchItem", "Directory", "PartResult", "ProcessingOptions", "Processor"]
+__all__ = [
+    "BatchItem",
+    "Directory",
+    "PartResult",
+    "ProcessingOptions",
+    "Processor",
+    "record_delivery_failure",
+    "schedule_status_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -714,15 +722,17 @@ def record_delivery_failure(
     """Reflect a permanent delivery failure on the attendee (RFC 6638-style SCHEDULE-STATUS).
 
     iTIP has no message for "your invitation bounced"; CalDAV scheduling (RFC 6638
-    section 3.2.9) records it as SCHEDULE-STATUS 5.x on the attendee, which is what the
-    organiser's copy shows here too.  Returns False when no attendee row matched.
+    section 3.2.9) records it as SCHEDULE-STATUS on the attendee (see
+    :func:`schedule_status_for`), which is what the organiser's copy shows here too.
+    ``status`` is the SMTP code or the report's enhanced status code; it is kept in
+    REQUEST-STATUS's text.  Returns False when no attendee row matched.
     """
     if object_id is None:
         return False
     rows = objects.get_attendee_rows(s, object_id, addresses=[normalise(address)])
     if not rows:
         return False
-    code = status if status[:1] in "2345" else "5.1"
+    code = schedule_status_for(status)
     for att in rows:
         if instance_key and att.instance_key not in ("", instance_key):
             continue
@@ -733,9 +743,23 @@ def record_delivery_failure(
             att.address,
             now=now,
             schedule_status=code,
-            request_status=f"{code};Delivery failed;{diagnostic[:200]}",
+            request_status=f"{code};Delivery failed;{status} {diagnostic[:200]}",
         )
     return True
+
+
+def schedule_status_for(status: str | int | None) -> str:
+    """The SCHEDULE-STATUS for a failed delivery (RFC 6638 section 3.2.9).
+
+    ``status`` is an SMTP reply code (550) or an enhanced status code from a delivery
+    report (RFC 3463: "5.1.1").  The mail system's own codes are not iTIP statuses:
+    an unknown mailbox (SMTP 550/551/553, X.1.x "bad destination") is "3.7" (invalid
+    calendar user), anything else permanent is "5.1" (could not be delivered).
+    """
+    text = str(status or "").strip()
+    if text in ("550", "551", "553") or text.startswith("5.1."):
+        return "3.7"
+    return "5.1"
 
 
 def bare_calendar(raw: bytes) -> Extraction:

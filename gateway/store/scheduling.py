@@ -5,22 +5,15 @@ only the attendee rows a decision needs; :func:`apply` writes a
 :class:`~gateway.domain.model.Decision`'s changes back.  Both run inside the caller's
 transaction so the object, its instances, attendees, busy time, held items, outbox rows
 and the journal outcome commit together (ARCHITECTURE.md section 3).
-
-Speed (issue 5): :func:`apply` writes attendee and instance rows in batches (see its
-docstring for why the change order is kept), and :func:`load` reads Core rows and keeps a
-small bounded cache of parsed instance components and VTIMEZONEs, because the same event
-is loaded again for every REPLY and parsing its text was most of the load's CPU.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from threading import Lock
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import Row, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.domain.ical import Component, ICalError, Property, parse, parse_property, serialize
@@ -44,7 +37,7 @@ from gateway.domain.model import (
     StoredObject,
 )
 from gateway.store import busy, held, objects
-from gateway.store.models import HeldRow, ObjectRow, OutboxRow
+from gateway.store.models import AttendeeRow, HeldRow, InstanceRow, ObjectRow, OutboxRow
 
 __all__ = [
     "apply",
@@ -83,54 +76,6 @@ def _components_from(text: str) -> list[Component]:
         return []
 
 
-class _ParseCache:
-    """A bounded LRU of parsed component text, keyed by the text itself.
-
-    Keying on the exact text (not a row id or a digest) makes a hit always correct: a
-    row rewritten with new text simply misses, and two owners' copies of one event
-    share an entry.  Components are mutable and the engine may build on them, so every
-    hit hands out a deep copy (``Component.copy`` is several times cheaper than
-    parsing).  Bounded by entries and by total text size so a run of huge invitations
-    cannot grow the daemon (issue 5: RSS growth < 10%).  The lock makes it safe for
-    the store's worker threads.
-    """
-
-    def __init__(self, max_entries: int = 512, max_chars: int = 8_000_000) -> None:
-        self._entries: OrderedDict[str, tuple[Component, ...]] = OrderedDict()
-        self._chars = 0
-        self._max_entries = max_entries
-        self._max_chars = max_chars
-        self._lock = Lock()
-
-    def components(self, text: str) -> list[Component]:
-        """The components of ``text`` (``[]`` if empty or unparsable), freshly copied."""
-        with self._lock:
-            cached = self._entries.get(text)
-            if cached is not None:
-                self._entries.move_to_end(text)
-        if cached is None:
-            cached = tuple(_components_from(text))
-            if len(text) <= self._max_chars // 4:
-                with self._lock:
-                    if text not in self._entries:
-                        self._entries[text] = cached
-                        self._chars += len(text)
-                        while (
-                            len(self._entries) > self._max_entries or self._chars > self._max_chars
-                        ):
-                            old, _ = self._entries.popitem(last=False)
-                            self._chars -= len(old)
-        return [c.copy() for c in cached]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self._chars = 0
-
-
-_PARSED = _ParseCache()
-
-
 def _split_list(value: str | None) -> tuple[str, ...]:
     return tuple(v for v in (value or "").split() if v)
 
@@ -149,13 +94,12 @@ def _header(row: ObjectRow) -> ObjectHeader:
         summary=row.summary or "",
         is_recurring=row.is_recurring,
         calendar_props=_props_from(row.calendar_props),
-        timezones=_PARSED.components(row.timezones),
+        timezones=_components_from(row.timezones),
     )
 
 
-def _instance(row: Row[Any]) -> StoredInstance:
-    """An instance from a Core row of ``instances`` (see :func:`objects.instance_records`)."""
-    comps = _PARSED.components(row.component_text)
+def _instance(row: InstanceRow) -> StoredInstance:
+    comps = _components_from(row.component_text)
     return StoredInstance(
         key=row.instance_key,
         component=comps[0] if comps else Component("VEVENT"),
@@ -170,8 +114,7 @@ def _instance(row: Row[Any]) -> StoredInstance:
     )
 
 
-def _attendee(row: Row[Any]) -> AttendeeState:
-    """An attendee from a Core row of ``attendees`` (see :func:`objects.attendee_records`)."""
+def _attendee(row: AttendeeRow) -> AttendeeState:
     try:
         prop = parse_property(row.property_text) if row.property_text else None
     except ICalError:
@@ -218,9 +161,11 @@ def _build(
     s: Session, row: ObjectRow, addresses: frozenset[str] | None, with_held: bool
 ) -> StoredObject:
     stored = StoredObject(header=_header(row))
-    for inst in objects.instance_records(s, row.id):
+    for inst in objects.instance_rows(s, row.id):
         stored.instances[inst.instance_key] = _instance(inst)
-    rows = objects.attendee_records(s, row.id, addresses)
+    rows = objects.get_attendee_rows(
+        s, row.id, addresses=sorted(addresses) if addresses is not None else None
+    )
     for att in rows:
         stored.attendees[(att.instance_key, att.address)] = _attendee(att)
     stored.attendees_complete = addresses is None
@@ -314,29 +259,6 @@ def _attendee_fields(att: AttendeeState) -> objects.AttendeeFields:
     }
 
 
-class _Batch:
-    """Attendee and instance writes of one :func:`apply`, waiting to be written together.
-
-    Puts are collected and flushed (one SELECT + one executemany INSERT/UPDATE per
-    table, see :func:`objects.put_attendees`) before any change whose effect depends on
-    them having been written; see :func:`apply`.
-    """
-
-    def __init__(self) -> None:
-        self.instances: list[tuple[str, objects.InstanceFields]] = []
-        self.attendees: list[tuple[str, str, objects.AttendeeFields]] = []
-
-    def flush(self, s: Session, object_id: int, now: datetime, *, new_object: bool) -> None:
-        # Instances first: that is the order the engine emits them, and an attendee row
-        # never depends on its instance row (no foreign key between them).
-        if self.instances:
-            objects.put_instances(s, object_id, self.instances, new_object=new_object)
-            self.instances = []
-        if self.attendees:
-            objects.put_attendees(s, object_id, self.attendees, now=now, new_object=new_object)
-            self.attendees = []
-
-
 def apply(
     s: Session,
     owner: str,
@@ -350,36 +272,15 @@ def apply(
     A change that needs the object row when there is none yet (an attendee before the
     header) is a programming error in the engine and raises ``ValueError`` so the
     transaction rolls back instead of storing half a decision.
-
-    Batching keeps the result of applying the changes one by one, in order:
-
-    - PutInstance / PutAttendee are buffered.  Two puts of one row merge field by field,
-      later values winning, which is what two consecutive upserts store.
-    - DeleteInstance, DeleteAttendee and DeleteObject first write the buffer, so a put
-      before a delete of the same row is deleted and a put after it re-creates the row
-      (the segments between deletes are written in order).
-    - PutObject only touches the object row, ReplaceBusy only busy rows and ResolveHeld
-      only held rows: none reads or writes an instance or attendee row, so they need not
-      wait for the buffer (PutObject of a new object only provides its id first).
-    - The buffer is written before returning, before the final version bump.
-
-    The object's ``version`` is bumped once per apply that changed an instance or
-    attendee: by the header UPDATE of PutObject when it wrote one, otherwise by a single
-    :func:`objects.touch_object`.  Both run in this transaction, so one bump covers every
-    row written here for the optimistic-concurrency check.
     """
-    batch = _Batch()
-    created = False  # the object row was inserted by this apply: no existing rows to read
-    header_written = False
     for change in changes:
         if isinstance(change, PutObject):
             h = change.header
-            new_id, what = objects.put_object(
+            row = objects.upsert_object(
                 s,
                 owner,
                 uid,
                 now=now,
-                object_id=object_id,
                 component=h.component_type,
                 role=h.role.value,
                 organizer=h.organizer or None,
@@ -392,33 +293,28 @@ def apply(
                 calendar_props=_props_text(h.calendar_props),
                 timezones=serialize(*h.timezones) if h.timezones else "",
             )
-            if new_id != object_id:
-                if object_id is not None:  # pragma: no cover - engine never switches objects
-                    batch.flush(s, object_id, now, new_object=created)
-                object_id = new_id
-            created = created or what == "created"
-            header_written = header_written or what != "unchanged"
+            object_id = row.id
         elif isinstance(change, DeleteObject):
             if object_id is not None:
-                batch.flush(s, object_id, now, new_object=created)
                 objects.delete_object(s, object_id)
             object_id = None
-            created = header_written = False
         elif isinstance(change, ResolveHeld):
             held.resolve(s, change.held_id, change.resolution, now)
         else:
             if object_id is None:
                 raise ValueError(f"{type(change).__name__} for {uid!r} before the object exists")
             if isinstance(change, PutInstance):
-                batch.instances.append((change.instance.key, _instance_fields(change.instance)))
+                objects.upsert_instance(
+                    s, object_id, change.instance.key, **_instance_fields(change.instance)
+                )
+            elif isinstance(change, DeleteInstance):
+                objects.delete_instance(s, object_id, change.key)
             elif isinstance(change, PutAttendee):
                 att = change.attendee
-                batch.attendees.append((att.instance_key, att.address, _attendee_fields(att)))
-            elif isinstance(change, DeleteInstance):
-                batch.flush(s, object_id, now, new_object=created)
-                objects.delete_instance(s, object_id, change.key)
+                objects.upsert_attendee(
+                    s, object_id, att.instance_key, att.address, now=now, **_attendee_fields(att)
+                )
             elif isinstance(change, DeleteAttendee):
-                batch.flush(s, object_id, now, new_object=created)
                 objects.delete_attendee(s, object_id, change.instance_key, change.address)
             elif isinstance(change, ReplaceBusy):
                 busy.replace_periods(
@@ -431,13 +327,12 @@ def apply(
                         if p.end > p.start  # zero-length events block no time
                     ],
                 )
-    if object_id is not None:
-        batch.flush(s, object_id, now, new_object=created)
-        if not header_written and any(
-            isinstance(c, (PutInstance, DeleteInstance, PutAttendee, DeleteAttendee))
-            for c in changes
-        ):
-            objects.touch_object(s, object_id, now)
+    if object_id is not None and any(
+        isinstance(c, (PutInstance, DeleteInstance, PutAttendee, DeleteAttendee)) for c in changes
+    ):
+        touched = objects.get_object_by_id(s, object_id)
+        if touched is not None:
+            objects.touch_object(s, touched, now)
     return object_id
 
 

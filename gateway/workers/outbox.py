@@ -129,6 +129,7 @@ class OutboxWorker:
     ) -> None:
         if options.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        self._next_due: datetime | None = None
         self._store = store
         self._sender = sender
         self._clock = clock
@@ -184,8 +185,16 @@ class OutboxWorker:
         self._wake.set()
 
     async def _sleep(self) -> None:
+        # Sleep until the next poll, or until the earliest retry this worker scheduled is
+        # due (a 4xx retry in 0.5 s must not wait for a 5 s poll); rows other replicas
+        # scheduled are found by the poll.
+        timeout = self.options.poll_interval_seconds
+        if self._next_due is not None:
+            until = (self._next_due - self._clock()).total_seconds()
+            timeout = max(0.0, min(timeout, until))
+            self._next_due = None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_seconds)
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _claim(self, limit: int) -> list[OutboxRow]:
         try:
@@ -285,6 +294,8 @@ class OutboxWorker:
         )
         # One last attempt at the deadline rather than none after it.
         next_attempt = min(now + delay, deadline)
+        if self._next_due is None or next_attempt < self._next_due:
+            self._next_due = next_attempt
         ok = await self._store.run(
             outbox.mark_retry, row.id, reason, next_attempt, lease_owner=self.worker_id
         )

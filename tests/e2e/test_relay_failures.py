@@ -81,7 +81,7 @@ def test_relay_451_then_250_is_retried_and_delivered_exactly_once(
     assert not (bob["schedule_status"] or "").startswith("5")
 
 
-def test_relay_550_fails_the_row_and_marks_the_attendee_with_schedule_status_5x(
+def test_relay_550_fails_the_row_and_marks_the_attendee_with_a_schedule_status(
     gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path
 ) -> None:
     relay = relay_factory().start()
@@ -109,7 +109,8 @@ def test_relay_550_fails_the_row_and_marks_the_attendee_with_schedule_status_5x(
     wait_until(schedule_status, "the 5xx to be recorded on the attendee")
     copy = gw.call("events", "show", uid, "--owner", ALICE)[0]
     atts = {a["address"]: a for a in copy["instances"][0]["attendees"]}
-    assert atts[NOBODY]["schedule_status"].startswith("5."), atts[NOBODY]
+    # RFC 6638 section 3.2.9: an unknown mailbox is an invalid calendar user.
+    assert atts[NOBODY]["schedule_status"] == "3.7", atts[NOBODY]
     assert not (atts[BOB]["schedule_status"] or "").startswith("5"), atts[BOB]
     assert relay.delivered(to=NOBODY) == []
     assert len(relay.delivered(to=BOB)) == 1
@@ -159,7 +160,7 @@ def _bounce(original: bytes, bounce_to: str, failed: str, message_id: str) -> by
     ).encode()
 
 
-def test_bounce_for_a_sent_invitation_marks_the_attendee_with_schedule_status_5x(
+def test_bounce_for_a_sent_invitation_marks_the_attendee_with_a_schedule_status(
     gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path
 ) -> None:
     relay = relay_factory().start()
@@ -191,7 +192,8 @@ def test_bounce_for_a_sent_invitation_marks_the_attendee_with_schedule_status_5x
     assert outcomes[0]["uid"] == uid
     copy = gw.call("events", "show", uid, "--owner", ALICE)[0]
     atts = {a["address"]: a for a in copy["instances"][0]["attendees"]}
-    assert atts[NOBODY]["schedule_status"] == "5.1.1"
+    assert atts[NOBODY]["schedule_status"] == "3.7"  # the report said 5.1.1: bad mailbox
+    assert "5.1.1" in atts[NOBODY]["request_status"]
     assert not (atts[BOB]["schedule_status"] or "").startswith("5")
     # A bounce is never answered (RFC 3834 section 2).
     assert [r for r in gw.reader.outbox() if r["journal_id"] == row_id] == []
@@ -225,10 +227,11 @@ def test_row_that_keeps_failing_temporarily_is_given_up_after_max_age_and_record
 
     wait_until(schedule_status, "the expiry to be recorded on the attendee")
     copy = gw.call("events", "show", uid, "--owner", ALICE)[0]
-    assert copy["instances"][0]["attendees"][0]["schedule_status"].startswith("5.")
+    # Given up after max_age_hours: "could not be delivered" (RFC 6638 section 3.2.9).
+    assert copy["instances"][0]["attendees"][0]["schedule_status"] == "5.1"
 
 
-def test_relay_mode_invitation_refused_with_550_marks_the_attendee_with_schedule_status_5x(
+def test_relay_mode_invitation_refused_with_550_marks_the_attendee_with_a_schedule_status(
     gateway_factory: GatewayFactory, relay_factory: Any
 ) -> None:
     """alice's own client sends through the gateway (relay mode); one address bounces."""
@@ -263,4 +266,4 @@ def test_relay_mode_invitation_refused_with_550_marks_the_attendee_with_schedule
     assert rows[BOB]["status"] == "sent"
     copy = gw.call("events", "show", uid, "--owner", ALICE)[0]
     atts = {a["address"]: a for a in copy["instances"][0]["attendees"]}
-    assert (atts[NOBODY]["schedule_status"] or "").startswith("5."), atts[NOBODY]
+    assert atts[NOBODY]["schedule_status"] == "3.7", atts[NOBODY]
