@@ -12,6 +12,7 @@ processed again after the lease expires (nothing accepted is lost).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -165,17 +166,30 @@ class Processor:
         )
         return [r.id for r in rows]
 
-    def process_batch(self, s: Tx, journal_ids: Sequence[int], now: datetime) -> list[BatchItem]:
+    def process_batch(
+        self,
+        s: Tx,
+        journal_ids: Sequence[int],
+        now: datetime,
+        budget_seconds: float | None = None,
+    ) -> list[BatchItem]:
         """Process claimed rows in the caller's ONE transaction (group commit).
 
         Each message runs inside its own SAVEPOINT: a message whose processing raises is
         rolled back alone and recorded as failed (quarantined after ``max_attempts``)
         while the others commit together.  Safe because every row is already durable in
         the journal and still leased: a crash loses the batch's work, never a message,
-        and the batch is processed again once the leases expire.
+        and the batch is processed again once the leases expire.  With
+        ``budget_seconds`` the group stops once that much time was spent; the rows not
+        reached are not in the result and stay claimed for the caller's next call.
         """
         out: list[BatchItem] = []
+        started = time.monotonic()
         for journal_id in journal_ids:
+            if out and budget_seconds is not None and time.monotonic() - started > budget_seconds:
+                # The group is committed by time, not by count: on SQLite the write lock
+                # is held for the whole group, and intake (the SMTP 250) waits for it.
+                break
             try:
                 with s.begin_nested():
                     results, queued = self._process_row(s, journal_id, now)

@@ -35,7 +35,8 @@ class ProcessingWorker:
         processor: Processor,
         clock: Callable[[], datetime],
         *,
-        batch: int = 8,
+        batch: int = 16,
+        group_seconds: float = 0.02,
         poll_seconds: float = 2.0,
         on_queued: Callable[[], None] | None = None,
     ) -> None:
@@ -43,6 +44,9 @@ class ProcessingWorker:
         self.processor = processor
         self.clock = clock
         self.batch = batch
+        # Group commit by elapsed time: several small messages share a commit, a big one
+        # commits alone, and the write lock is never held long (intake waits for it).
+        self.group_seconds = group_seconds
         self.poll_seconds = poll_seconds
         self.on_queued = on_queued
         self._wake = asyncio.Event()
@@ -84,18 +88,23 @@ class ProcessingWorker:
         back to its savepoint and recorded; the others still commit.
         """
         ids = await self.store.run(self.processor.claim, self.clock(), self.batch)
-        if not ids:
-            return 0
-        items = await self.store.run(self.processor.process_batch, ids, self.clock())
-        queued = 0
-        for item in items:
-            queued += item.queued
-            if item.error:
-                continue
-            self.processed += 1
-            self._log(item.journal_id, item.results)
-        if queued and self.on_queued is not None:
-            self.on_queued()
+        remaining = list(ids)
+        while remaining:
+            items = await self.store.run(
+                self.processor.process_batch, remaining, self.clock(), self.group_seconds
+            )
+            done = {item.journal_id for item in items}
+            remaining = [i for i in remaining if i not in done]
+            queued = 0
+            for item in items:
+                queued += item.queued
+                if item.error:
+                    continue
+                self.processed += 1
+                self._log(item.journal_id, item.results)
+            # Each group's mail is handed to the outbox as soon as the group commits.
+            if queued and self.on_queued is not None:
+                self.on_queued()
         return len(ids)
 
     async def process_one(self, journal_id: int) -> list[PartResult]:

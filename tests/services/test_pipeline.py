@@ -429,3 +429,29 @@ def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
         uids = {e["uid"] for e in svc.store.read_sync(queries.event_list)}
         assert uids == {"good-1@x", "good-2@x"}
         assert sorted(r["uid"] for r in outbox_rows(svc)) == ["good-1@x", "good-2@x"]
+
+
+def test_group_commit_is_bounded_by_time_and_leaves_the_rest_claimed(db_url: str) -> None:
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        for n in range(3):
+            svc.store.run_sync(
+                journal.record_inbound,
+                imip_mail(
+                    vevent(uid=f"t{n}@x", organizer=REMOTE_ORGANIZER),
+                    sender=REMOTE_ORGANIZER,
+                    to=ATTENDEE,
+                ),
+                message_id=f"<t{n}@x>",
+                source="smtp",
+                envelope_from=REMOTE_ORGANIZER,
+                envelope_to=[ATTENDEE],
+                now=clock(),
+            )
+        ids = svc.store.run_sync(svc.processor.claim, clock(), 10)
+        # A zero budget still makes progress: one message per group.
+        first = svc.store.run_sync(svc.processor.process_batch, ids, clock(), 0.0)
+        assert [i.journal_id for i in first] == ids[:1]
+        rest = svc.store.run_sync(svc.processor.process_batch, ids[1:], clock(), None)
+        assert [i.journal_id for i in rest] == ids[1:]
+        assert {m["status"] for m in svc.store.read_sync(queries.message_list)} == {"done"}
