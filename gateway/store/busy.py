@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
@@ -34,9 +34,18 @@ class BusyPeriod:
             raise ValueError(f"busy period ends ({self.end}) before it starts ({self.start})")
 
 
+# Built once (issue 5): a statement rebuilt per call costs more CPU than running it on
+# SQLite, and a bound parameter keeps SQLAlchemy's compiled-statement cache hitting.
+_DELETE_PERIODS = delete(BusyRow).where(BusyRow.object_id == bindparam("object_id"))
+_INSERT_PERIODS = insert(BusyRow)
+
+
 def replace_periods(s: Session, object_id: int, owner: str, periods: Iterable[BusyPeriod]) -> int:
-    """Replace all busy periods of an object; returns how many were stored."""
-    s.execute(delete(BusyRow).where(BusyRow.object_id == object_id))
+    """Replace all busy periods of an object; returns how many were stored.
+
+    One DELETE and one executemany INSERT, whatever the number of occurrences.
+    """
+    s.execute(_DELETE_PERIODS, {"object_id": object_id})
     key = normalise(owner)
     rows = [
         {
@@ -50,7 +59,7 @@ def replace_periods(s: Session, object_id: int, owner: str, periods: Iterable[Bu
     ]
     if rows:
         # One executemany instead of one ORM flush per occurrence.
-        s.execute(insert(BusyRow), rows)
+        s.execute(_INSERT_PERIODS, rows)
     return len(rows)
 
 

@@ -9,18 +9,31 @@ write transactions with ``BEGIN IMMEDIATE``, so there the work is serialised alr
 
 The upsert functions take only the fields to change (typed keyword arguments), so a REPLY
 writes one attendee's PARTSTAT and reply SEQUENCE/DTSTAMP and nothing else.
+
+Hot path (issue 5): writing a decision used to cost a SELECT + INSERT/UPDATE + ORM flush
+per attendee and instance.  :func:`put_attendees` and :func:`put_instances` write many rows
+with one SELECT (none for a new object) and one executemany INSERT and UPDATE each, and
+skip rows whose values did not change.  Object-header writes (:func:`put_object`,
+:func:`touch_object`) are single Core UPDATEs built once at import with ``bindparam`` (so
+SQLAlchemy's compiled cache hits); they keep the ``version`` check of the ORM's
+``version_id_col`` and copy the new values into an ORM row already loaded in the session,
+so that row never becomes stale.  Readers for :mod:`~gateway.store.scheduling`
+(:func:`instance_records`, :func:`attendee_records`) return Core rows: no identity map,
+no ORM state, which matters when a 1000-attendee object is loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TypedDict, Unpack
+from typing import Any, Literal, TypedDict, Unpack, cast
 
-from sqlalchemy import Select, bindparam, delete, func, select
+from sqlalchemy import Row, Select, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import flag_modified
+from sqlalchemy.orm.attributes import flag_modified, set_committed_value
+from sqlalchemy.orm.exc import StaleDataError
+from sqlalchemy.orm.util import identity_key
 
 from gateway.domain.addresses import normalise
 from gateway.store.limits import check_key
@@ -30,6 +43,8 @@ __all__ = [
     "AttendeeFields",
     "InstanceFields",
     "ObjectFields",
+    "ObjectWrite",
+    "attendee_records",
     "delete_attendee",
     "delete_instance",
     "delete_object",
@@ -37,10 +52,14 @@ __all__ = [
     "get_instance",
     "get_object",
     "get_object_by_id",
+    "instance_records",
     "instance_rows",
     "list_objects",
     "lock_key",
     "objects_with_uid",
+    "put_attendees",
+    "put_instances",
+    "put_object",
     "touch_object",
     "upsert_attendee",
     "upsert_instance",
@@ -98,6 +117,9 @@ class AttendeeFields(TypedDict, total=False):
     replied_at: datetime | None
 
 
+#: What :func:`put_object` did to the object row.
+ObjectWrite = Literal["created", "updated", "unchanged"]
+
 # Addresses inside these fields are compared by the engine, so they are stored normalised.
 _ADDRESS_LIST_FIELDS = ("delegated_to", "delegated_from")
 _ADDRESS_FIELDS = ("organizer", "organizer_sent_by", "sent_by")
@@ -143,6 +165,121 @@ _ATTENDEE_QUERIES = {
 }
 _ADVISORY_LOCK = select(func.pg_advisory_xact_lock(bindparam("key")))
 
+# --- Core statements of the write path, built once (see the module docstring) -------
+
+_OBJECTS = cast(Table, ObjectRow.__table__)
+_INSTANCES_T = cast(Table, InstanceRow.__table__)
+_ATTENDEES_T = cast(Table, AttendeeRow.__table__)
+
+_OBJECT_FIELDS: tuple[str, ...] = tuple(ObjectFields.__annotations__)
+_INSTANCE_FIELDS: tuple[str, ...] = tuple(InstanceFields.__annotations__)
+_ATTENDEE_FIELDS: tuple[str, ...] = tuple(AttendeeFields.__annotations__)
+
+
+def _column_defaults(table: Table, names: Iterable[str]) -> dict[str, object]:
+    """The Python-side defaults of ``names`` (None where the column has none).
+
+    Core executemany needs every row to carry the same keys, so a new row is completed
+    with the same defaults the ORM would have applied.
+    """
+    out: dict[str, object] = {}
+    for name in names:
+        default = table.c[name].default
+        out[name] = getattr(default, "arg", None) if default is not None else None
+    return out
+
+
+_OBJECT_DEFAULTS = _column_defaults(_OBJECTS, _OBJECT_FIELDS)
+_INSTANCE_DEFAULTS = _column_defaults(_INSTANCES_T, _INSTANCE_FIELDS)
+_ATTENDEE_DEFAULTS = _column_defaults(_ATTENDEES_T, _ATTENDEE_FIELDS)
+
+_INSERT_OBJECT = insert(_OBJECTS)
+# Every header write goes through this one statement: the ``version = :b_version`` guard
+# is what the ORM's version_id_col would add (StaleDataError when another writer won).
+_UPDATE_OBJECT = (
+    update(_OBJECTS)
+    .where(_OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version"))
+    .values({name: bindparam(f"v_{name}") for name in (*_OBJECT_FIELDS, "updated_at")})
+    .values(version=bindparam("v_version"))
+)
+_TOUCH_OBJECT = (
+    update(_OBJECTS)
+    .where(_OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version"))
+    .values(updated_at=bindparam("v_updated_at"), version=bindparam("v_version"))
+)
+# For an object not loaded in this session there is no read version to compare with.
+_TOUCH_OBJECT_BY_ID = (
+    update(_OBJECTS)
+    .where(_OBJECTS.c.id == bindparam("b_id"))
+    .values(updated_at=bindparam("v_updated_at"), version=_OBJECTS.c.version + 1)
+)
+
+_INSTANCE_RECORDS = (
+    select(_INSTANCES_T)
+    .where(_INSTANCES_T.c.object_id == bindparam("object_id"))
+    .order_by(_INSTANCES_T.c.instance_key)
+)
+_EXISTING_INSTANCES = select(
+    *(_INSTANCES_T.c[name] for name in ("id", "instance_key", *_INSTANCE_FIELDS))
+).where(
+    _INSTANCES_T.c.object_id == bindparam("object_id"),
+    _INSTANCES_T.c.instance_key.in_(bindparam("keys", expanding=True)),
+)
+_INSERT_INSTANCES = insert(_INSTANCES_T)
+_UPDATE_INSTANCE = (
+    update(_INSTANCES_T)
+    .where(_INSTANCES_T.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"v_{name}") for name in _INSTANCE_FIELDS})
+)
+_DELETE_INSTANCE_ATTENDEES = delete(_ATTENDEES_T).where(
+    _ATTENDEES_T.c.object_id == bindparam("object_id"),
+    _ATTENDEES_T.c.instance_key == bindparam("instance_key"),
+)
+_DELETE_INSTANCE = delete(_INSTANCES_T).where(
+    _INSTANCES_T.c.object_id == bindparam("object_id"),
+    _INSTANCES_T.c.instance_key == bindparam("instance_key"),
+)
+
+_ATTENDEE_COLUMNS = ("id", "instance_key", "address", *_ATTENDEE_FIELDS)
+
+
+def _attendee_records_query(by_address: bool) -> Select[Any]:
+    stmt = select(_ATTENDEES_T).where(_ATTENDEES_T.c.object_id == bindparam("object_id"))
+    if by_address:
+        stmt = stmt.where(_ATTENDEES_T.c.address.in_(bindparam("addresses", expanding=True)))
+    return stmt.order_by(_ATTENDEES_T.c.instance_key, _ATTENDEES_T.c.address)
+
+
+_ATTENDEE_RECORDS = {flag: _attendee_records_query(flag) for flag in (False, True)}
+# Existing rows of the (instance_key, address) pairs a batch writes: the superset
+# "these instances x these addresses" through the unique index, filtered in Python
+# (portable; tuple IN with expanding parameters is not).
+_EXISTING_ATTENDEES = select(*(_ATTENDEES_T.c[name] for name in _ATTENDEE_COLUMNS)).where(
+    _ATTENDEES_T.c.object_id == bindparam("object_id"),
+    _ATTENDEES_T.c.instance_key.in_(bindparam("keys", expanding=True)),
+    _ATTENDEES_T.c.address.in_(bindparam("addresses", expanding=True)),
+)
+# Above this many addresses, read the instances' rows whole instead of binding thousands
+# of parameters (SQLite's limit is 32766; PostgreSQL's 65535).
+_MAX_BOUND_ADDRESSES = 500
+_EXISTING_ATTENDEES_OF_INSTANCES = select(
+    *(_ATTENDEES_T.c[name] for name in _ATTENDEE_COLUMNS)
+).where(
+    _ATTENDEES_T.c.object_id == bindparam("object_id"),
+    _ATTENDEES_T.c.instance_key.in_(bindparam("keys", expanding=True)),
+)
+_INSERT_ATTENDEES = insert(_ATTENDEES_T)
+_UPDATE_ATTENDEE = (
+    update(_ATTENDEES_T)
+    .where(_ATTENDEES_T.c.id == bindparam("b_id"))
+    .values({name: bindparam(f"v_{name}") for name in (*_ATTENDEE_FIELDS, "updated_at")})
+)
+_DELETE_ATTENDEE = delete(_ATTENDEES_T).where(
+    _ATTENDEES_T.c.object_id == bindparam("object_id"),
+    _ATTENDEES_T.c.instance_key == bindparam("instance_key"),
+    _ATTENDEES_T.c.address == bindparam("address"),
+)
+
 
 def lock_key(owner: str, uid: str) -> int:
     """A signed 64-bit advisory-lock key for (owner, UID) on PostgreSQL."""
@@ -161,6 +298,43 @@ def _normalise_fields(fields: dict[str, object]) -> None:
             fields[name] = " ".join(normalise(part) for part in value.split())
 
 
+# --- what a locked load already read, for the apply that follows it ----------------
+#
+# A decision is "load (locked) -> engine -> apply" in one transaction.  The apply needs
+# to know whether the object exists and which attendee rows exist: facts the load just
+# read under the (owner, UID) lock, so nobody else can have changed them.  The load
+# leaves them in ``Session.info``; the next write consumes them (one-shot) if it runs in
+# the same transaction and savepoint, and every other attendee writer here drops them.
+# Saves one SELECT per decision (the REPLY path is ~16 statements).
+
+_ABSENT_OBJECT = "gateway.store.objects.absent_object"
+_ATTENDEE_SNAPSHOT = "gateway.store.objects.attendee_snapshot"
+
+
+def _tx_marker(s: Session) -> tuple[object, object]:
+    return (s.get_transaction(), s.get_nested_transaction())
+
+
+def _remember(s: Session, slot: str, key: object, value: object) -> None:
+    s.info[slot] = (_tx_marker(s), key, value)
+
+
+def _recall(s: Session, slot: str, key: object) -> object | None:
+    """The value remembered under ``slot`` for ``key`` in this transaction, once."""
+    snapshot = s.info.pop(slot, None)
+    if snapshot is None:
+        return None
+    (tx, nested), remembered_key, value = snapshot
+    current_tx, current_nested = _tx_marker(s)
+    if tx is not current_tx or nested is not current_nested or remembered_key != key:
+        return None
+    return cast(object, value)
+
+
+def _drop_attendee_snapshot(s: Session) -> None:
+    s.info.pop(_ATTENDEE_SNAPSHOT, None)
+
+
 def get_object(s: Session, owner: str, uid: str, *, lock: bool = False) -> ObjectRow | None:
     """The owner's object with this UID, or ``None``.
 
@@ -170,13 +344,103 @@ def get_object(s: Session, owner: str, uid: str, *, lock: bool = False) -> Objec
     params = {"owner": normalise(owner), "uid": uid}
     if lock and s.get_bind().dialect.name == "postgresql":
         s.execute(_ADVISORY_LOCK, {"key": lock_key(owner, uid)})
-        return s.scalars(_OBJECT_BY_KEY_LOCKED, params).first()
-    return s.scalars(_OBJECT_BY_KEY, params).first()
+        row = s.scalars(_OBJECT_BY_KEY_LOCKED, params).first()
+    else:
+        row = s.scalars(_OBJECT_BY_KEY, params).first()
+    if lock and row is None:
+        # Under the lock (or SQLite's single writer) it stays absent in this transaction.
+        _remember(s, _ABSENT_OBJECT, (params["owner"], uid), True)
+    return row
 
 
 def get_object_by_id(s: Session, object_id: int) -> ObjectRow | None:
     """The object with this primary key, or ``None``."""
     return s.get(ObjectRow, object_id)
+
+
+def _loaded_object(s: Session, object_id: int) -> ObjectRow | None:
+    """The ORM row of ``object_id`` if this session holds it already (no SQL)."""
+    obj = s.identity_map.get(identity_key(ObjectRow, object_id))
+    return obj if isinstance(obj, ObjectRow) else None
+
+
+def _forget(s: Session, kind: type[InstanceRow | AttendeeRow], object_id: int) -> None:
+    """Expire ORM copies of rows that a Core statement just changed or deleted.
+
+    The hot path never loads these as ORM objects, so this is usually a scan of a short
+    identity map; it keeps callers that did (e.g. :func:`get_attendee_rows`) correct.
+    """
+    for obj in list(s.identity_map.values()):
+        if isinstance(obj, kind) and obj.object_id == object_id:
+            s.expunge(obj)
+
+
+def _write_header(s: Session, row: ObjectRow, values: Mapping[str, object], now: datetime) -> bool:
+    """Write changed header fields of a loaded object in one UPDATE; True if written.
+
+    Same outcome as an ORM flush of the row (``updated_at`` = now, ``version`` + 1,
+    StaleDataError when the stored version moved), then the new values become the
+    row's committed state so the session's copy stays current.
+    """
+    if not any(getattr(row, name) != value for name, value in values.items()):
+        return False
+    if s.is_modified(row):
+        # Pending ORM changes of this row: let the ORM write everything in one flush.
+        for name, value in values.items():
+            setattr(row, name, value)
+        row.updated_at = now
+        s.flush()
+        return True
+    old_version = row.version
+    current = {name: getattr(row, name) for name in _OBJECT_FIELDS}
+    current.update(values)
+    current["updated_at"] = now
+    current["version"] = old_version + 1
+    params: dict[str, object] = {f"v_{name}": value for name, value in current.items()}
+    params["b_id"] = row.id
+    params["b_version"] = old_version
+    if s.execute(_UPDATE_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleDataError(f"object {row.id} changed since version {old_version} was read")
+    for name, value in current.items():
+        set_committed_value(row, name, value)
+    return True
+
+
+def put_object(
+    s: Session,
+    owner: str,
+    uid: str,
+    *,
+    now: datetime,
+    object_id: int | None = None,
+    **fields: Unpack[ObjectFields],
+) -> tuple[int, ObjectWrite]:
+    """Create the (owner, UID) object or update the given fields without an ORM flush.
+
+    Returns the row id and what was written (an UPDATE only when a value changed).
+    ``object_id`` (when the caller knows it) finds the row in the session without a
+    query.  Creating requires ``component`` and ``role`` and starts ``version`` at 1, as
+    the ORM would.
+    """
+    values: dict[str, object] = dict(fields)
+    _normalise_fields(values)
+    row = None
+    known_absent = _recall(s, _ABSENT_OBJECT, (normalise(owner), uid)) is True
+    if object_id is not None:
+        row = _loaded_object(s, object_id) or s.get(ObjectRow, object_id)
+    if row is None and not (known_absent and object_id is None):
+        row = get_object(s, owner, uid)
+    if row is not None:
+        return row.id, "updated" if _write_header(s, row, values, now) else "unchanged"
+    missing = [name for name in ("component", "role") if name not in values]
+    if missing:
+        raise ValueError(f"creating object {uid!r} needs {', '.join(missing)}")
+    check_key("UID", uid)
+    new = dict(_OBJECT_DEFAULTS)
+    new.update(values)
+    new.update(owner=normalise(owner), uid=uid, created_at=now, updated_at=now, version=1)
+    result = s.execute(_INSERT_OBJECT, new)
+    return int(result.inserted_primary_key[0]), "created"  # type: ignore[attr-defined]
 
 
 def upsert_object(
@@ -186,43 +450,45 @@ def upsert_object(
 
     Creating requires ``component`` and ``role``; a UID longer than
     :data:`~gateway.store.limits.MAX_KEY_BYTES` raises
-    :class:`~gateway.store.limits.FieldTooLongError`.  ``version`` starts at 1 and the ORM bumps
-    it on every UPDATE that changes something.
+    :class:`~gateway.store.limits.FieldTooLongError`.  ``version`` starts at 1 and is
+    bumped on every UPDATE that changes something.
     """
-    values: dict[str, object] = dict(fields)
-    _normalise_fields(values)
-    row = get_object(s, owner, uid)
-    if row is None:
-        missing = [name for name in ("component", "role") if name not in values]
-        if missing:
-            raise ValueError(f"creating object {uid!r} needs {', '.join(missing)}")
-        check_key("UID", uid)
-        row = ObjectRow(owner=normalise(owner), uid=uid, created_at=now, updated_at=now)
-        for name, value in values.items():
-            setattr(row, name, value)
-        s.add(row)
-    else:
-        changed = False
-        for name, value in values.items():
-            if getattr(row, name) != value:
-                setattr(row, name, value)
-                changed = True
-        if changed:
-            row.updated_at = now
-    s.flush()
+    object_id, _what = put_object(s, owner, uid, now=now, **fields)
+    row = s.get(ObjectRow, object_id)
+    if row is None:  # pragma: no cover - just written in this transaction
+        raise LookupError(f"object {object_id} vanished")
     return row
 
 
-def touch_object(s: Session, row: ObjectRow, now: datetime) -> None:
+def touch_object(s: Session, row: ObjectRow | int, now: datetime) -> None:
     """Mark an object changed (bumps ``version``) after instance or attendee changes.
 
     Instance and attendee rows live in their own tables; touching the object makes the
-    optimistic-concurrency check and ``updated_at`` cover them too.
+    optimistic-concurrency check and ``updated_at`` cover them too.  ``row`` may be the
+    row id: a row this session loaded is then found without a query, and one it did not
+    load is bumped unconditionally (nothing was read, so nothing can be stale).
     """
-    row.updated_at = now
-    # Force the UPDATE (and so the version bump) even when ``now`` equals updated_at.
-    flag_modified(row, "updated_at")
-    s.flush()
+    obj = _loaded_object(s, row) if isinstance(row, int) else row
+    if obj is None:
+        s.execute(_TOUCH_OBJECT_BY_ID, {"b_id": row, "v_updated_at": now})
+        return
+    if s.is_modified(obj):
+        obj.updated_at = now
+        # Force the UPDATE (and so the version bump) even when ``now`` equals updated_at.
+        flag_modified(obj, "updated_at")
+        s.flush()
+        return
+    old_version = obj.version
+    params = {
+        "b_id": obj.id,
+        "b_version": old_version,
+        "v_updated_at": now,
+        "v_version": old_version + 1,
+    }
+    if s.execute(_TOUCH_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+        raise StaleDataError(f"object {obj.id} changed since version {old_version} was read")
+    set_committed_value(obj, "updated_at", now)
+    set_committed_value(obj, "version", old_version + 1)
 
 
 def get_instance(s: Session, object_id: int, instance_key: str) -> InstanceRow | None:
@@ -234,6 +500,11 @@ def get_instance(s: Session, object_id: int, instance_key: str) -> InstanceRow |
 def instance_rows(s: Session, object_id: int) -> list[InstanceRow]:
     """Every instance of an object, master (``""``) first, then by key."""
     return list(s.scalars(_INSTANCES, {"object_id": object_id}))
+
+
+def instance_records(s: Session, object_id: int) -> Sequence[Row[Any]]:
+    """Like :func:`instance_rows` but plain Core rows (attribute access by column name)."""
+    return s.execute(_INSTANCE_RECORDS, {"object_id": object_id}).all()
 
 
 def upsert_instance(
@@ -251,23 +522,70 @@ def upsert_instance(
     return row
 
 
+def put_instances(
+    s: Session,
+    object_id: int,
+    items: Iterable[tuple[str, InstanceFields]],
+    *,
+    new_object: bool = False,
+) -> int:
+    """Create or update many instances: one SELECT, one INSERT, one UPDATE at most.
+
+    ``items`` are (instance_key, fields) in change order; several for one key merge as
+    consecutive :func:`upsert_instance` calls would (later values win).  ``new_object``
+    (the object was created in this transaction) skips the SELECT.  Unchanged rows are
+    not written.  Returns the number of rows inserted or updated.
+    """
+    wanted: dict[str, dict[str, object]] = {}
+    for key, fields in items:
+        wanted.setdefault(key, {}).update(fields)
+    if not wanted:
+        return 0
+    existing: dict[str, Row[Any]] = {}
+    if not new_object:
+        params = {"object_id": object_id, "keys": sorted(wanted)}
+        existing = {r.instance_key: r for r in s.execute(_EXISTING_INSTANCES, params)}
+    inserts: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for key, values in wanted.items():
+        old = existing.get(key)
+        if old is None:
+            check_key("instance key", key)
+            new = dict(_INSTANCE_DEFAULTS)
+            new.update(values)
+            new.update(object_id=object_id, instance_key=key)
+            inserts.append(new)
+            continue
+        current = old._mapping
+        if all(current[name] == value for name, value in values.items()):
+            continue
+        merged: dict[str, object] = {f"v_{name}": current[name] for name in _INSTANCE_FIELDS}
+        merged.update({f"v_{name}": value for name, value in values.items()})
+        merged["b_id"] = old.id
+        updates.append(merged)
+    if inserts:
+        s.execute(_INSERT_INSTANCES, inserts)
+    if updates:
+        s.execute(_UPDATE_INSTANCE, updates)
+    if updates:
+        _forget(s, InstanceRow, object_id)
+    return len(inserts) + len(updates)
+
+
 def delete_instance(s: Session, object_id: int, instance_key: str) -> int:
     """Delete one instance and its attendee rows; returns the number of instances deleted."""
-    s.execute(
-        delete(AttendeeRow).where(
-            AttendeeRow.object_id == object_id, AttendeeRow.instance_key == instance_key
-        )
-    )
-    result = s.execute(
-        delete(InstanceRow).where(
-            InstanceRow.object_id == object_id, InstanceRow.instance_key == instance_key
-        )
-    )
+    _drop_attendee_snapshot(s)
+    params = {"object_id": object_id, "instance_key": instance_key}
+    s.execute(_DELETE_INSTANCE_ATTENDEES, params)
+    result = s.execute(_DELETE_INSTANCE, params)
+    _forget(s, InstanceRow, object_id)
+    _forget(s, AttendeeRow, object_id)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
 def delete_object(s: Session, object_id: int) -> bool:
     """Delete an object; instances, attendees and busy periods go with it (ON DELETE CASCADE)."""
+    _drop_attendee_snapshot(s)
     row = s.get(ObjectRow, object_id)
     if row is None:
         return False
@@ -298,7 +616,36 @@ def get_attendee_rows(
             return []
         params["addresses"] = wanted
     stmt = _ATTENDEE_QUERIES[(instance_key is not None, addresses is not None)]
+    _drop_attendee_snapshot(s)  # the caller may change these ORM rows behind our back
     return list(s.scalars(stmt, params))
+
+
+def attendee_records(
+    s: Session,
+    object_id: int,
+    addresses: Iterable[str] | None = None,
+    *,
+    remember: bool = False,
+) -> Sequence[Row[Any]]:
+    """Like :func:`get_attendee_rows` (all instances) but plain Core rows, no ORM state.
+
+    ``remember=True`` (only after :func:`get_object` with ``lock=True``) keeps the rows
+    for the :func:`put_attendees` of the same transaction, which then needs no SELECT.
+    """
+    params: dict[str, object] = {"object_id": object_id}
+    covered: frozenset[str] | None = None
+    if addresses is not None:
+        covered = frozenset(normalise(addr) for addr in addresses)
+        if not covered:
+            return []
+        params["addresses"] = sorted(covered)
+    rows = s.execute(_ATTENDEE_RECORDS[addresses is not None], params).all()
+    if remember:
+        by_key = {(r.instance_key, r.address): r for r in rows}
+        _remember(s, _ATTENDEE_SNAPSHOT, object_id, (covered, by_key))
+    else:
+        _drop_attendee_snapshot(s)
+    return rows
 
 
 def upsert_attendee(
@@ -316,6 +663,7 @@ def upsert_attendee(
     Only the given fields change; a new row gets the RFC 5545 defaults (NEEDS-ACTION,
     REQ-PARTICIPANT, INDIVIDUAL, RSVP FALSE) for the rest.
     """
+    _drop_attendee_snapshot(s)
     values: dict[str, object] = dict(fields)
     _normalise_fields(values)
     key = normalise(address)
@@ -333,17 +681,90 @@ def upsert_attendee(
     return row
 
 
+def put_attendees(
+    s: Session,
+    object_id: int,
+    items: Iterable[tuple[str, str, AttendeeFields]],
+    *,
+    now: datetime,
+    new_object: bool = False,
+) -> int:
+    """Create or update many attendee rows: one SELECT, one INSERT, one UPDATE at most.
+
+    ``items`` are (instance_key, address, fields) in change order; several for one row
+    merge as consecutive :func:`upsert_attendee` calls would (later values win).  The
+    existing rows of the affected (instance_key, address) pairs are read with one query
+    (none when ``new_object``: the object was created in this transaction); rows whose
+    values would not change are not written (their ``updated_at`` stays).  New rows get
+    the same defaults as :func:`upsert_attendee`.  Returns rows inserted or updated.
+    """
+    wanted: dict[tuple[str, str], dict[str, object]] = {}
+    for instance_key, address, fields in items:
+        values: dict[str, object] = dict(fields)
+        _normalise_fields(values)
+        wanted.setdefault((instance_key, normalise(address)), {}).update(values)
+    if not wanted:
+        return 0
+    existing: dict[tuple[str, str], Row[Any]] = {}
+    must_read = not new_object
+    snapshot = _recall(s, _ATTENDEE_SNAPSHOT, object_id)
+    if snapshot is not None and must_read:
+        covered, by_key = cast(
+            "tuple[frozenset[str] | None, dict[tuple[str, str], Row[Any]]]", snapshot
+        )
+        if covered is None or all(address in covered for _, address in wanted):
+            # Every row that exists for these addresses was read by the locked load.
+            existing = {k: by_key[k] for k in wanted if k in by_key}
+            must_read = False
+    if must_read:
+        keys = sorted({k for k, _ in wanted})
+        addresses = sorted({a for _, a in wanted})
+        params: dict[str, object] = {"object_id": object_id, "keys": keys}
+        if len(addresses) <= _MAX_BOUND_ADDRESSES:
+            params["addresses"] = addresses
+            stmt = _EXISTING_ATTENDEES
+        else:
+            stmt = _EXISTING_ATTENDEES_OF_INSTANCES
+        for r in s.execute(stmt, params):
+            if (r.instance_key, r.address) in wanted:
+                existing[(r.instance_key, r.address)] = r
+    inserts: list[dict[str, object]] = []
+    updates: list[dict[str, object]] = []
+    for (instance_key, address), values in wanted.items():
+        old = existing.get((instance_key, address))
+        if old is None:
+            check_key("attendee address", address)
+            check_key("instance key", instance_key)
+            new = dict(_ATTENDEE_DEFAULTS)
+            new.update(values)
+            new.update(
+                object_id=object_id, instance_key=instance_key, address=address, updated_at=now
+            )
+            inserts.append(new)
+            continue
+        current = old._mapping
+        if all(current[name] == value for name, value in values.items()):
+            continue
+        merged: dict[str, object] = {f"v_{name}": current[name] for name in _ATTENDEE_FIELDS}
+        merged.update({f"v_{name}": value for name, value in values.items()})
+        merged["v_updated_at"] = now
+        merged["b_id"] = old.id
+        updates.append(merged)
+    if inserts:
+        s.execute(_INSERT_ATTENDEES, inserts)
+    if updates:
+        s.execute(_UPDATE_ATTENDEE, updates)
+        _forget(s, AttendeeRow, object_id)
+    return len(inserts) + len(updates)
+
+
 def delete_attendee(s: Session, object_id: int, instance_key: str, address: str) -> bool:
     """Remove one attendee row (e.g. the organiser removed that attendee)."""
-    row = s.scalars(
-        _ATTENDEE_BY_KEY,
-        {"object_id": object_id, "instance_key": instance_key, "address": normalise(address)},
-    ).first()
-    if row is None:
-        return False
-    s.delete(row)
-    s.flush()
-    return True
+    _drop_attendee_snapshot(s)
+    params = {"object_id": object_id, "instance_key": instance_key, "address": normalise(address)}
+    result = s.execute(_DELETE_ATTENDEE, params)
+    _forget(s, AttendeeRow, object_id)
+    return bool(getattr(result, "rowcount", 0))
 
 
 def objects_with_uid(s: Session, uid: str) -> list[ObjectRow]:

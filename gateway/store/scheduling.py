@@ -5,15 +5,22 @@ only the attendee rows a decision needs; :func:`apply` writes a
 :class:`~gateway.domain.model.Decision`'s changes back.  Both run inside the caller's
 transaction so the object, its instances, attendees, busy time, held items, outbox rows
 and the journal outcome commit together (ARCHITECTURE.md section 3).
+
+Speed (issue 5): :func:`apply` writes attendee and instance rows in batches (see its
+docstring for why the change order is kept), and :func:`load` reads Core rows and keeps a
+small bounded cache of parsed instance components and VTIMEZONEs, because the same event
+is loaded again for every REPLY and parsing its text was most of the load's CPU.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import cast
+from threading import Lock
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.ical import Component, ICalError, Property, parse, parse_property, serialize
@@ -37,7 +44,7 @@ from gateway.domain.model import (
     StoredObject,
 )
 from gateway.store import busy, held, objects
-from gateway.store.models import AttendeeRow, HeldRow, InstanceRow, ObjectRow, OutboxRow
+from gateway.store.models import HeldRow, ObjectRow, OutboxRow
 
 __all__ = [
     "apply",
@@ -76,6 +83,50 @@ def _components_from(text: str) -> list[Component]:
         return []
 
 
+class _ParseCache:
+    """A bounded LRU of parsed component text, keyed by the text itself.
+
+    Keying on the exact text (not a row id or a digest) makes a hit always correct: a
+    row rewritten with new text simply misses, and two owners' copies of one event
+    share an entry.  Components are mutable and the engine may build on them, so every
+    hit hands out a deep copy (``Component.copy`` is several times cheaper than
+    parsing).  Bounded by entries and by total text size so a run of huge invitations
+    cannot grow the daemon (issue 5: RSS <= 150 MB, growth < 10%); the parsed objects
+    take a few times the text's size, so 2 M characters of text stay under ~20 MB.
+    The lock makes it safe for the store's worker threads.
+    """
+
+    def __init__(self, max_entries: int = 256, max_chars: int = 2_000_000) -> None:
+        self._entries: OrderedDict[str, tuple[Component, ...]] = OrderedDict()
+        self._chars = 0
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._lock = Lock()
+
+    def components(self, text: str) -> list[Component]:
+        """The components of ``text`` (``[]`` if empty or unparsable), freshly copied."""
+        with self._lock:
+            cached = self._entries.get(text)
+            if cached is not None:
+                self._entries.move_to_end(text)
+        if cached is None:
+            cached = tuple(_components_from(text))
+            if len(text) <= self._max_chars // 8:  # one huge event must not evict all
+                with self._lock:
+                    if text not in self._entries:
+                        self._entries[text] = cached
+                        self._chars += len(text)
+                        while (
+                            len(self._entries) > self._max_entries or self._chars > self._max_chars
+                        ):
+                            old, _ = self._entries.popitem(last=False)
+                            self._chars -= len(old)
+        return [c.copy() for c in cached]
+
+
+_PARSED = _ParseCache()
+
+
 def _split_list(value: str | None) -> tuple[str, ...]:
     return tuple(v for v in (value or "").split() if v)
 
@@ -94,12 +145,13 @@ def _header(row: ObjectRow) -> ObjectHeader:
         summary=row.summary or "",
         is_recurring=row.is_recurring,
         calendar_props=_props_from(row.calendar_props),
-        timezones=_components_from(row.timezones),
+        timezones=_PARSED.components(row.timezones),
     )
 
 
-def _instance(row: InstanceRow) -> StoredInstance:
-    comps = _components_from(row.component_text)
+def _instance(row: Row[Any]) -> StoredInstance:
+    """An instance from a Core row of ``instances`` (see :func:`objects.instance_records`)."""
+    comps = _PARSED.components(row.component_text)
     return StoredInstance(
         key=row.instance_key,
         component=comps[0] if comps else Component("VEVENT"),
@@ -114,7 +166,8 @@ def _instance(row: InstanceRow) -> StoredInstance:
     )
 
 
-def _attendee(row: AttendeeRow) -> AttendeeState:
+def _attendee(row: Row[Any]) -> AttendeeState:
+    """An attendee from a Core row of ``attendees`` (see :func:`objects.attendee_records`)."""
     try:
         prop = parse_property(row.property_text) if row.property_text else None
     except ICalError:
@@ -158,14 +211,17 @@ def _held(row: HeldRow) -> HeldItem:
 
 
 def _build(
-    s: Session, row: ObjectRow, addresses: frozenset[str] | None, with_held: bool
+    s: Session,
+    row: ObjectRow,
+    addresses: frozenset[str] | None,
+    with_held: bool,
+    *,
+    remember: bool = False,
 ) -> StoredObject:
     stored = StoredObject(header=_header(row))
-    for inst in objects.instance_rows(s, row.id):
+    for inst in objects.instance_records(s, row.id):
         stored.instances[inst.instance_key] = _instance(inst)
-    rows = objects.get_attendee_rows(
-        s, row.id, addresses=sorted(addresses) if addresses is not None else None
-    )
+    rows = objects.attendee_records(s, row.id, addresses, remember=remember)
     for att in rows:
         stored.attendees[(att.instance_key, att.address)] = _attendee(att)
     stored.attendees_complete = addresses is None
@@ -192,7 +248,9 @@ def load(
     row = objects.get_object(s, owner, uid, lock=lock)
     if row is None:
         return None, None
-    return _build(s, row, addresses, with_held), row.id
+    # Under the lock the attendee rows read here are still current when apply() writes,
+    # so apply() may reuse them instead of reading them again (objects.put_attendees).
+    return _build(s, row, addresses, with_held, remember=lock), row.id
 
 
 def load_by_id(s: Session, object_id: int) -> StoredObject | None:
@@ -259,6 +317,33 @@ def _attendee_fields(att: AttendeeState) -> objects.AttendeeFields:
     }
 
 
+class _Batch:
+    """Attendee and instance writes of one :func:`apply`, waiting to be written together.
+
+    Puts are collected and flushed (one SELECT + one executemany INSERT/UPDATE per
+    table, see :func:`objects.put_attendees`) before any change whose effect depends on
+    them having been written; see :func:`apply`.
+    """
+
+    def __init__(self) -> None:
+        self.instances: list[tuple[str, objects.InstanceFields]] = []
+        self.attendees: list[tuple[str, str, objects.AttendeeFields]] = []
+        # The object row was just inserted and nothing of it written yet: no existing
+        # rows to read.  Cleared by the first flush (later segments must read).
+        self.fresh = False
+
+    def flush(self, s: Session, object_id: int, now: datetime) -> None:
+        # Instances first: that is the order the engine emits them, and an attendee row
+        # never depends on its instance row (no foreign key between them).
+        if self.instances:
+            objects.put_instances(s, object_id, self.instances, new_object=self.fresh)
+            self.instances = []
+        if self.attendees:
+            objects.put_attendees(s, object_id, self.attendees, now=now, new_object=self.fresh)
+            self.attendees = []
+        self.fresh = False
+
+
 def apply(
     s: Session,
     owner: str,
@@ -272,15 +357,35 @@ def apply(
     A change that needs the object row when there is none yet (an attendee before the
     header) is a programming error in the engine and raises ``ValueError`` so the
     transaction rolls back instead of storing half a decision.
+
+    Batching keeps the result of applying the changes one by one, in order:
+
+    - PutInstance / PutAttendee are buffered.  Two puts of one row merge field by field,
+      later values winning, which is what two consecutive upserts store.
+    - DeleteInstance, DeleteAttendee and DeleteObject first write the buffer, so a put
+      before a delete of the same row is deleted and a put after it re-creates the row
+      (the segments between deletes are written in order).
+    - PutObject only touches the object row, ReplaceBusy only busy rows and ResolveHeld
+      only held rows: none reads or writes an instance or attendee row, so they need not
+      wait for the buffer (PutObject of a new object only provides its id first).
+    - The buffer is written before returning, before the final version bump.
+
+    The object's ``version`` is bumped once per apply that changed an instance or
+    attendee: by the header UPDATE of PutObject when it wrote one, otherwise by a single
+    :func:`objects.touch_object`.  Both run in this transaction, so one bump covers every
+    row written here for the optimistic-concurrency check.
     """
+    batch = _Batch()
+    header_written = False
     for change in changes:
         if isinstance(change, PutObject):
             h = change.header
-            row = objects.upsert_object(
+            new_id, what = objects.put_object(
                 s,
                 owner,
                 uid,
                 now=now,
+                object_id=object_id,
                 component=h.component_type,
                 role=h.role.value,
                 organizer=h.organizer or None,
@@ -293,28 +398,33 @@ def apply(
                 calendar_props=_props_text(h.calendar_props),
                 timezones=serialize(*h.timezones) if h.timezones else "",
             )
-            object_id = row.id
+            if object_id is not None and new_id != object_id:  # pragma: no cover
+                batch.flush(s, object_id, now)  # the engine never switches objects
+            object_id = new_id
+            if what == "created":
+                batch.fresh = True
+            header_written = header_written or what != "unchanged"
         elif isinstance(change, DeleteObject):
             if object_id is not None:
+                batch.flush(s, object_id, now)
                 objects.delete_object(s, object_id)
             object_id = None
+            header_written = False
         elif isinstance(change, ResolveHeld):
             held.resolve(s, change.held_id, change.resolution, now)
         else:
             if object_id is None:
                 raise ValueError(f"{type(change).__name__} for {uid!r} before the object exists")
             if isinstance(change, PutInstance):
-                objects.upsert_instance(
-                    s, object_id, change.instance.key, **_instance_fields(change.instance)
-                )
-            elif isinstance(change, DeleteInstance):
-                objects.delete_instance(s, object_id, change.key)
+                batch.instances.append((change.instance.key, _instance_fields(change.instance)))
             elif isinstance(change, PutAttendee):
                 att = change.attendee
-                objects.upsert_attendee(
-                    s, object_id, att.instance_key, att.address, now=now, **_attendee_fields(att)
-                )
+                batch.attendees.append((att.instance_key, att.address, _attendee_fields(att)))
+            elif isinstance(change, DeleteInstance):
+                batch.flush(s, object_id, now)
+                objects.delete_instance(s, object_id, change.key)
             elif isinstance(change, DeleteAttendee):
+                batch.flush(s, object_id, now)
                 objects.delete_attendee(s, object_id, change.instance_key, change.address)
             elif isinstance(change, ReplaceBusy):
                 busy.replace_periods(
@@ -327,12 +437,13 @@ def apply(
                         if p.end > p.start  # zero-length events block no time
                     ],
                 )
-    if object_id is not None and any(
-        isinstance(c, (PutInstance, DeleteInstance, PutAttendee, DeleteAttendee)) for c in changes
-    ):
-        touched = objects.get_object_by_id(s, object_id)
-        if touched is not None:
-            objects.touch_object(s, touched, now)
+    if object_id is not None:
+        batch.flush(s, object_id, now)
+        if not header_written and any(
+            isinstance(c, (PutInstance, DeleteInstance, PutAttendee, DeleteAttendee))
+            for c in changes
+        ):
+            objects.touch_object(s, object_id, now)
     return object_id
 
 
