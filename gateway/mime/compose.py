@@ -461,11 +461,6 @@ def _text_body(
     return "quoted-printable", qp
 
 
-def _calendar_cte(text: str) -> str:
-    """7bit when ASCII with short lines, else quoted-printable (RFC 2045 section 2.7)."""
-    return "7bit" if _seven_bit(_crlf_lines(text), 76) else "quoted-printable"
-
-
 def _boundaries(message_id: str, bodies: Sequence[str]) -> tuple[str, str]:
     """Two multipart boundaries derived from the Message-ID, absent from every body.
 
