@@ -128,7 +128,10 @@ class Extraction:
     auto_submitted: str | None = None  # RFC 3834 keyword, lower-case ("no" when absent)
     precedence: str | None = None  # bulk/junk/list, lower-case
     is_bounce: bool = False
-    generated_by_us: bool = False
+    generated_by_us: bool = False  # carries an imip-gateway marker (ours or another's)
+    # The X-IMIP-Gateway values: the service compares them with its own installation's
+    # marker, since another gateway's mail (a partner organisation) is no loop.
+    gateway_markers: tuple[str, ...] = ()
     # Raw (decoded) Authentication-Results values, top first, for sender_identity().
     authentication_results: tuple[str, ...] = field(default=())
 
@@ -713,5 +716,6 @@ def _extract(raw: bytes, max_calendar_bytes: int) -> Extraction:
         precedence=precedence.strip().lower() if precedence else None,
         is_bounce=_is_bounce(msg, h, dsn, from_addresses),
         generated_by_us=bool(h.raw(GATEWAY_HEADER)),
+        gateway_markers=tuple(hdr.decode_value(v).strip() for v in h.raw(GATEWAY_HEADER)),
         authentication_results=tuple(hdr.decode_value(v) for v in h.raw("Authentication-Results")),
     )

@@ -324,7 +324,7 @@ class Processor:
 
     def _dispatch(self, s: Tx, run: _Run, recipients: list[str]) -> None:
         ext = run.extraction
-        if ext.generated_by_us and run.source != "local":
+        if self.options.marker in ext.gateway_markers and run.source != "local":
             run.results.append(
                 PartResult(0, "", Outcome.IGNORED_LOOP.value, "message was sent by this gateway")
             )

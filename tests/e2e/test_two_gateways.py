@@ -15,10 +15,9 @@ attendee and from a stranger.  Others: relay mode, a busy room and an accepted C
 an MX outage with an invitation and its update queued.  State is asserted through the
 CLI with ``--json``; waiting polls the same read models.
 
-Known bug (``MARKER_BUG``): as deployed, B ignores everything A sends.  The faithful
-test is marked xfail(strict); the other tests use ``world_without_marker``, whose MX
-strips the marker header, so the rest of the behaviour is still exercised.  Once the
-bug is fixed, the xfail turns into an XPASS failure: then drop the marker stripping.
+Each gateway stamps its own installation marker (``X-IMIP-Gateway: <hostname>``) on
+what it sends and ignores only mail carrying its own marker, so the MX forwards mail
+unchanged and the two installations talk as two organisations would.
 """
 
 from __future__ import annotations
@@ -53,16 +52,8 @@ ALICE = "alice@example.org"
 BOB = "bob@example.net"
 ROOM = "room@example.net"
 STRANGER = "mallory@example.net"  # in B's domain but not an attendee (and not local)
-GATEWAY_MARKER = "X-IMIP-Gateway"
 # Non-ASCII on purpose: composed, sent over SMTP, extracted and stored on the other side.
 NEW_TITLE = "Quartalsplanung – Café ☕ (Agenda anbei)"
-
-MARKER_BUG = (
-    "bug: every gateway stamps the constant 'X-IMIP-Gateway: 1' (compose.py "
-    "gateway_marker default, never set by the app) and extraction treats ANY mail with "
-    "that header as generated_by_us, so gateway B ignores A's REQUEST as ignored-loop: "
-    "two imip-gateway installations cannot talk to each other"
-)
 
 
 @dataclass
@@ -73,9 +64,7 @@ class World:
     tmp: Path
 
 
-def make_world(
-    gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path, *, strip_marker: bool
-) -> World:
+def make_world(gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path) -> World:
     mx_port = free_port()
     fast = {"retry_initial_seconds": 0.5, "retry_max_seconds": 2}
     # A also relays its organiser's own client mail (issue 3, organiser copies #2).
@@ -98,8 +87,6 @@ def make_world(
     assert a.smtp_port is not None
     assert b.smtp_port is not None
     mx = relay_factory(mx_port, {"example.org": a.smtp_port, "example.net": b.smtp_port})
-    if strip_marker:
-        mx.strip_headers = (GATEWAY_MARKER.lower(),)
     mx.start()
     a.daemon.start()
     b.daemon.start()
@@ -109,20 +96,7 @@ def make_world(
 @pytest.fixture
 def world(gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path) -> World:
     """A and B as they are deployed: the MX forwards mail unchanged."""
-    return make_world(gateway_factory, relay_factory, tmp_path, strip_marker=False)
-
-
-@pytest.fixture
-def world_without_marker(
-    gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path
-) -> World:
-    """The MX removes ``X-IMIP-Gateway`` from forwarded mail.
-
-    Work-around for the loop-marker bug (see ``MARKER_BUG``): every gateway stamps the
-    same constant marker and treats any mail carrying it as its own, so without this the
-    scenario would stop at the first message.  Remove once the bug is fixed.
-    """
-    return make_world(gateway_factory, relay_factory, tmp_path, strip_marker=True)
+    return make_world(gateway_factory, relay_factory, tmp_path)
 
 
 def write_ics(tmp: Path, name: str, text: str) -> Path:
@@ -169,7 +143,6 @@ def param_line(calendar: str, prop: str, address: str) -> str:
     raise AssertionError(f"no {prop} line for {address} in\n{calendar}")
 
 
-@pytest.mark.xfail(strict=True, reason=MARKER_BUG)
 def test_invitation_from_one_gateway_is_auto_accepted_by_another(world: World) -> None:
     a, b, mx = world.a, world.b, world.mx
     uid = "e2e-plain-1@example.org"
@@ -195,9 +168,8 @@ def test_invitation_from_one_gateway_is_auto_accepted_by_another(world: World) -
 
 
 def test_invitation_update_recurrence_counter_and_refresh_between_two_gateways(
-    world_without_marker: World,
+    world: World,
 ) -> None:
-    world = world_without_marker
     a, b, mx = world.a, world.b, world.mx
     uid = "e2e-meeting-1@example.org"
     start, end = future(20), future(20, hour=11)
@@ -522,7 +494,7 @@ def _refresh(uid: str, sender: str) -> str:
 
 
 def test_organiser_client_mail_relayed_through_a_is_recorded_forwarded_and_answered(
-    world_without_marker: World,
+    world: World,
 ) -> None:
     """Outbound relay mode: alice's own mail client sends the REQUEST through A.
 
@@ -530,7 +502,6 @@ def test_organiser_client_mail_relayed_through_a_is_recorded_forwarded_and_answe
     message itself), B accepts for bob and the room, and the REPLYs are aggregated on
     the copy A recorded.
     """
-    world = world_without_marker
     a, mx = world.a, world.mx
     uid = "e2e-relayed-1@example.org"
     cal = vevent(
@@ -567,7 +538,7 @@ def test_organiser_client_mail_relayed_through_a_is_recorded_forwarded_and_answe
 
 
 def test_busy_room_declines_and_an_accepted_counter_reschedules_for_everyone(
-    world_without_marker: World,
+    world: World,
 ) -> None:
     """accept-if-free declines a clash; ``counter accept`` sends the new time to all.
 
@@ -575,7 +546,6 @@ def test_busy_room_declines_and_an_accepted_counter_reschedules_for_everyone(
     the proposed change to every attendee (SEQUENCE bumped, section 2.1.4), who answer
     again.  Then the whole event is cancelled (section 3.2.5).
     """
-    world = world_without_marker
     a, b, mx = world.a, world.b, world.mx
     slot, slot_end = future(50), future(50, hour=11)
     bookings = ("e2e-booking-1@example.org", "e2e-booking-2@example.org")
@@ -673,13 +643,12 @@ def test_busy_room_declines_and_an_accepted_counter_reschedules_for_everyone(
 
 
 def test_invitation_and_update_queued_during_an_mx_outage_end_in_the_latest_state(
-    world_without_marker: World,
+    world: World,
 ) -> None:
     """Both SEQUENCE 0 and SEQUENCE 1 wait in A's outbox while the MX is down; once it
     is back they may reach B in either order.  B must end with the update (an older
     SEQUENCE never overwrites a newer one, RFC 5546 section 2.1.5) and A with bob's
     answer to SEQUENCE 1."""
-    world = world_without_marker
     a, b, mx = world.a, world.b, world.mx
     uid = "e2e-outage-1@example.org"
     mx.stop()

@@ -53,7 +53,7 @@ def open_services(url: str, clock: FrozenClock | None = None) -> Iterator[Gatewa
     counter = itertools.count(1)
     processor = Processor(
         StaticDirectory(USERS),
-        ProcessingOptions(hostname="gw.test", lease_seconds=30, max_attempts=3),
+        ProcessingOptions(hostname="gw.test", lease_seconds=30, max_attempts=3, marker="gw.test"),
         new_message_id=lambda: f"<out-{next(counter)}@gw.test>",
     )
     store = Store(url)

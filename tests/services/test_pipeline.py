@@ -121,7 +121,7 @@ def test_message_for_no_local_user_is_ignored_with_reason(db_url: str) -> None:
 def test_our_own_mail_coming_back_is_ignored_as_loop(db_url: str) -> None:
     with open_services(db_url) as svc:
         raw = imip_mail(
-            vevent(), sender=ORGANIZER, to=ATTENDEE, extra_headers="X-IMIP-Gateway: 1\r\n"
+            vevent(), sender=ORGANIZER, to=ATTENDEE, extra_headers="X-IMIP-Gateway: gw.test\r\n"
         )
         _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
         assert [o["outcome"] for o in outcomes] == ["ignored-loop"]
@@ -455,3 +455,18 @@ def test_group_commit_is_bounded_by_time_and_leaves_the_rest_claimed(db_url: str
         rest = svc.store.run_sync(svc.processor.process_batch, ids[1:], clock(), None)
         assert [i.journal_id for i in rest] == ids[1:]
         assert {m["status"] for m in svc.store.read_sync(queries.message_list)} == {"done"}
+
+
+def test_mail_from_another_gateway_installation_is_processed_not_a_loop(db_url: str) -> None:
+    # Two organisations both running imip-gateway: the partner's marker is not ours.
+    with open_services(db_url) as svc:
+        raw = imip_mail(
+            vevent(organizer=REMOTE_ORGANIZER),
+            sender=REMOTE_ORGANIZER,
+            to=ATTENDEE,
+            extra_headers="X-IMIP-Gateway: gw.partner.example\r\n",
+        )
+        _id, _dup, outcomes = svc.ingest_now(raw, recipients=[ATTENDEE])
+        assert [o["outcome"] for o in outcomes] == ["applied"]
+        reply = payload_of(svc, outbox_rows(svc)[0]["id"])
+        assert b"X-IMIP-Gateway: gw.test" in reply  # ours is stamped on what we send
