@@ -278,7 +278,10 @@ def _b64(data: bytes) -> str:
 
 
 def _qp(text: str) -> str:
-    return quopri.encodestring(text.encode("utf-8")).decode("ascii").replace("\n", "\r\n")
+    # quopri works on LF lines; callers may pass CRLF text (the summaries are CRLF):
+    # normalise first so the result has CRLF line ends, never "\r\r\n".
+    lf = text.replace("\r\n", "\n")
+    return quopri.encodestring(lf.encode("utf-8")).decode("ascii").replace("\n", "\r\n")
 
 
 def _date_header(now: datetime) -> str:
