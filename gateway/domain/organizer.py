@@ -1043,7 +1043,14 @@ def _delegate_cancels(
 # --- REFRESH --------------------------------------------------------------------------
 
 
-def _refresh(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Decision:
+def _checked_sender(
+    msg: ITipMessage, stored: StoredObject | None, ctx: Context, method: Method, unknown: str
+) -> Decision | tuple[StoredObject, Component, str, list[str]]:
+    """The checks REFRESH and COUNTER share (RFC 5546 3.2.6, 3.2.7): a valid message for
+    a stored event, from the one attendee it names, sent by that attendee (or SENT-BY).
+
+    Returns the refusal, or (stored, component, attendee address, warnings).
+    """
     warnings: list[str] = []
     invalid = _validate(msg, warnings)
     if invalid is not None:
@@ -1051,20 +1058,28 @@ def _refresh(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Dec
     if stored is None:
         return Decision(
             Outcome.IGNORED_UNKNOWN,
-            f"REFRESH for unknown UID {msg.uid!r}: nothing to send",
+            f"{method.value} for unknown UID {msg.uid!r}: {unknown}",
             warnings=warnings,
         )
     guarded = _guard(msg, stored, ctx, warnings)
     if guarded is not None:
         return guarded
     comp = msg.components[0]
-    line = _pick_attendee(comp, ctx, Method.REFRESH, warnings)
+    line = _pick_attendee(comp, ctx, method, warnings)
     if isinstance(line, str):
         return Decision(Outcome.REJECTED_INVALID, line, warnings=warnings)
     address = normalise(line.value)
-    refused = _authorise(address, normalise(line.param("SENT-BY")), ctx, "REFRESH")
+    refused = _authorise(address, normalise(line.param("SENT-BY")), ctx, method.value)
     if refused is not None:
         return Decision(Outcome.REJECTED_UNAUTHORISED, refused, warnings=warnings)
+    return stored, comp, address, warnings
+
+
+def _refresh(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Decision:
+    checked = _checked_sender(msg, stored, ctx, Method.REFRESH, "nothing to send")
+    if isinstance(checked, Decision):
+        return checked
+    stored, comp, address, warnings = checked
     resolver = stored_resolver(stored, msg.calendar)
     try:
         key = instance_key_of(comp, resolver)
@@ -1121,27 +1136,10 @@ def _refresh(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Dec
 
 
 def _counter(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Decision:
-    warnings: list[str] = []
-    invalid = _validate(msg, warnings)
-    if invalid is not None:
-        return invalid
-    if stored is None:
-        return Decision(
-            Outcome.IGNORED_UNKNOWN,
-            f"COUNTER for unknown UID {msg.uid!r}: no event to counter",
-            warnings=warnings,
-        )
-    guarded = _guard(msg, stored, ctx, warnings)
-    if guarded is not None:
-        return guarded
-    comp = msg.components[0]
-    line = _pick_attendee(comp, ctx, Method.COUNTER, warnings)
-    if isinstance(line, str):
-        return Decision(Outcome.REJECTED_INVALID, line, warnings=warnings)
-    address = normalise(line.value)
-    refused = _authorise(address, normalise(line.param("SENT-BY")), ctx, "COUNTER")
-    if refused is not None:
-        return Decision(Outcome.REJECTED_UNAUTHORISED, refused, warnings=warnings)
+    checked = _checked_sender(msg, stored, ctx, Method.COUNTER, "no event to counter")
+    if isinstance(checked, Decision):
+        return checked
+    stored, comp, address, warnings = checked
     if not any(a == address for (_, a) in stored.attendees):
         return Decision(
             Outcome.REJECTED_UNAUTHORISED,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
-from typing import cast
+from typing import cast, get_args
 
 from gateway.domain.addresses import normalise
 from gateway.domain.ical import Component, serialize
@@ -41,23 +41,8 @@ _BY_PARTSTAT: dict[str, str] = {
     "TENTATIVE": "tentative",
     "DELEGATED": "delegated",
 }
-_KINDS = frozenset(
-    {
-        "invitation",
-        "updated",
-        "cancelled",
-        "accepted",
-        "declined",
-        "tentative",
-        "delegated",
-        "counter",
-        "declinecounter",
-        "refresh",
-        "freebusy",
-        "published",
-        "added",
-    }
-)
+# The subject families compose knows; the engine may name one directly.
+_KINDS: frozenset[str] = frozenset(get_args(SubjectKind))
 
 
 def _first_component(calendar: Component) -> Component | None:

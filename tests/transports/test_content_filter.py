@@ -12,10 +12,8 @@ import smtplib
 import socket
 from pathlib import Path
 
-from gateway.app import build_app, prepare_database
-from gateway.config import load_config
-from gateway.daemon import run_daemon
 from tests.services.helpers import imip_mail, vevent
+from tests.support.inprocess import running_gateway
 from tests.support.smtp_sink import SmtpSink
 
 
@@ -56,18 +54,7 @@ policy = "accept"
 """,
             encoding="utf-8",
         )
-        settings = load_config(cfg, {})
-        prepare_database(settings)
-        app = build_app(settings)
-        stopping = asyncio.Event()
-        daemon = asyncio.create_task(
-            run_daemon(app.runnables, drain_timeout=10, stopping=stopping, handle_signals=False)
-        )
-        try:
-            for _ in range(100):
-                if all(getattr(r, "ready", asyncio.Event()).is_set() for r in app.runnables):
-                    break
-                await asyncio.sleep(0.05)
+        async with running_gateway(cfg):
             plain = (
                 b"From: someone@far.example\r\nTo: zoe@elsewhere.example\r\n"
                 b"Subject: not a calendar\r\nMessage-ID: <plain-1@far.example>\r\n\r\nhello\r\n"
@@ -103,10 +90,6 @@ policy = "accept"
             assert b"METHOD:REPLY" in replies[0].data
             await asyncio.sleep(1.0)
             assert len(sink.messages) == 4  # nothing handed back twice
-        finally:
-            stopping.set()
-            await asyncio.wait_for(daemon, timeout=20)
-            await app.close()
 
 
 async def test_content_filter_is_not_an_open_relay_for_untrusted_clients(tmp_path: Path) -> None:
@@ -125,15 +108,7 @@ address = "bob@example.net"
 """,
         encoding="utf-8",
     )
-    settings = load_config(cfg, {})
-    prepare_database(settings)
-    app = build_app(settings)
-    stopping = asyncio.Event()
-    daemon = asyncio.create_task(
-        run_daemon(app.runnables, drain_timeout=10, stopping=stopping, handle_signals=False)
-    )
-    try:
-        await asyncio.sleep(0.5)
+    async with running_gateway(cfg):
 
         def attempt() -> tuple[int, bytes]:
             with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
@@ -144,7 +119,3 @@ address = "bob@example.net"
         code, text = await asyncio.to_thread(attempt)
         assert code == 550
         assert b"5.1.1" in text
-    finally:
-        stopping.set()
-        await asyncio.wait_for(daemon, timeout=20)
-        await app.close()

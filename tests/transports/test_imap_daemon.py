@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway.app import build_app, prepare_database
-from gateway.config import load_config
-from gateway.daemon import run_daemon
 from tests.services.helpers import imip_mail, vevent
 from tests.support.dovecot import DovecotServer
+from tests.support.inprocess import running_gateway
 from tests.support.smtp_sink import SmtpSink
 from tests.transports.conftest import IMAP_PASSWORD, IMAP_USER
 
@@ -51,14 +49,7 @@ policy = "accept"
 """,
             encoding="utf-8",
         )
-        settings = load_config(cfg, {})
-        prepare_database(settings)
-        app = build_app(settings)
-        stopping = asyncio.Event()
-        daemon = asyncio.create_task(
-            run_daemon(app.runnables, drain_timeout=10, stopping=stopping, handle_signals=False)
-        )
-        try:
+        async with running_gateway(cfg):
             raw = imip_mail(
                 vevent(uid="imap-1@example.org"),
                 sender="alice@example.org",
@@ -82,7 +73,3 @@ policy = "accept"
                 raise AssertionError(f"message never marked \\Seen: {flags}")
             await asyncio.sleep(1.5)  # a further IDLE/poll pass must not re-process it
             assert len(sink.messages) == 1
-        finally:
-            stopping.set()
-            await asyncio.wait_for(daemon, timeout=20)
-            await app.close()
