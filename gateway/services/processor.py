@@ -206,10 +206,13 @@ class Processor:
         """Process one journal row completely, in the caller's transaction."""
         return self._process_row(s, journal_id, now)[0]
 
-    def _process_row(self, s: Tx, journal_id: int, now: datetime) -> tuple[list[PartResult], int]:
+    def _process_row(
+        self, s: Tx, journal_id: int, now: datetime, row: JournalRow | None = None
+    ) -> tuple[list[PartResult], int]:
         # Lock the row: if our lease expired while we worked and another worker claimed
         # it, one of us waits here and then sees "done" - a decision is applied once.
-        row = s.get(JournalRow, journal_id, with_for_update=True)
+        if row is None:
+            row = s.get(JournalRow, journal_id, with_for_update=True)
         if row is None or row.status in ("done", "quarantined"):
             return [], 0
         raw = bytes(row.raw)
@@ -264,7 +267,7 @@ class Processor:
         if row is None or row.status != "pending":
             return None
         row.attempts += 1
-        return self.process_row(s, journal_id, now)
+        return self._process_row(s, journal_id, now, row)[0]
 
     def fail_row(self, s: Tx, journal_id: int, error: str, now: datetime) -> bool:
         """Record a processing failure; quarantine after ``max_attempts``.

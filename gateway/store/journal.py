@@ -13,9 +13,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, cast
 
-from sqlalchemy import and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -46,9 +46,39 @@ _DUPLICATE = select(JournalRow).where(
     JournalRow.sha256 == bindparam("sha256"),
     JournalRow.message_id == bindparam("message_id"),
 )
-_DUPLICATE_NO_ID = select(JournalRow).where(
+# The duplicate check reads only what it decides on (never the raw bytes).
+_EARLIER = select(JournalRow.id, JournalRow.envelope_to).where(
+    JournalRow.sha256 == bindparam("sha256"),
+    JournalRow.message_id == bindparam("message_id"),
+)
+_EARLIER_NO_ID = select(JournalRow.id, JournalRow.envelope_to).where(
     JournalRow.sha256 == bindparam("sha256"), JournalRow.message_id.is_(None)
 )
+# Statements of the hot path are built once (SQLAlchemy's compiled cache then hits),
+# on the tables rather than the ORM classes: plain Core execution skips the ORM's bulk
+# persistence machinery, which cost more than the INSERT itself.
+_JOURNAL = cast(Table, JournalRow.__table__)
+_OUTCOMES_TABLE = cast(Table, JournalOutcomeRow.__table__)
+_INSERT = {
+    "postgresql": postgresql.insert(_JOURNAL)
+    .on_conflict_do_nothing(index_elements=["sha256", "message_id", "recipients_key"])
+    .returning(_JOURNAL.c.id),
+    "sqlite": sqlite.insert(_JOURNAL)
+    .on_conflict_do_nothing(index_elements=["sha256", "message_id", "recipients_key"])
+    .returning(_JOURNAL.c.id),
+}
+_FINISH = (
+    update(_JOURNAL)
+    .where(_JOURNAL.c.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        outcome=bindparam("p_outcome"),
+        reason=bindparam("p_reason"),
+        processed_at=bindparam("p_now", type_=UTCDateTime()),
+        lease_until=None,
+    )
+)
+_ADD_OUTCOME = insert(_OUTCOMES_TABLE).returning(_OUTCOMES_TABLE.c.id)
 _CLAIMABLE = (
     select(JournalRow)
     .where(
@@ -106,18 +136,19 @@ def record_inbound(
     message_id = clip(message_id)
     wanted = list(dict.fromkeys(normalise(addr) for addr in envelope_to))
     if message_id is None:
-        earlier = list(s.scalars(_DUPLICATE_NO_ID, {"sha256": digest}))
+        earlier = s.execute(_EARLIER_NO_ID, {"sha256": digest}).all()
     else:
-        earlier = list(s.scalars(_DUPLICATE, {"sha256": digest, "message_id": message_id}))
+        earlier = s.execute(_EARLIER, {"sha256": digest, "message_id": message_id}).all()
     if earlier:
-        covered = {addr for row in earlier for addr in (row.envelope_to or [])}
+        covered = {addr for _id, rcpts in earlier for addr in (rcpts or [])}
         missing = [addr for addr in wanted if addr not in covered]
         if not missing:
             # The row that carries these recipients (the first one's, for a retry).
-            for row in earlier:
-                if not wanted or wanted[0] in (row.envelope_to or []):
-                    return row, True
-            return earlier[0], True
+            chosen = next(
+                (rid for rid, rcpts in earlier if not wanted or wanted[0] in (rcpts or [])),
+                earlier[0][0],
+            )
+            return s.get_one(JournalRow, chosen), True
         wanted = missing
     values = {
         "message_id": message_id,
@@ -139,13 +170,7 @@ def record_inbound(
         s.add(row)
         s.flush()
         return row, False
-    make_insert = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
-    new_id = s.execute(
-        make_insert(JournalRow)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["sha256", "message_id", "recipients_key"])
-        .returning(JournalRow.id)
-    ).scalar()
+    new_id = s.execute(_INSERT[s.get_bind().dialect.name], values).scalar()
     if new_id is None:
         # A concurrent insert of the same retry waits for the other transaction and then
         # does nothing; the committed row is visible to this next statement.
@@ -154,8 +179,9 @@ def record_inbound(
             {"sha256": digest, "message_id": message_id},
         ).one()
         return existing, True
-    row = s.get_one(JournalRow, new_id)
-    return row, False
+    # A detached snapshot of what was written: reloading the row (raw bytes included)
+    # would cost another round trip for values the caller already has.
+    return JournalRow(id=new_id, **values), False
 
 
 def claim_pending(
@@ -189,9 +215,14 @@ def finish(
 ) -> None:
     """Record the final status of a message and release its lease."""
     s.execute(
-        update(JournalRow)
-        .where(JournalRow.id == journal_id)
-        .values(status=status, outcome=outcome, reason=reason, processed_at=now, lease_until=None)
+        _FINISH,
+        {
+            "p_id": journal_id,
+            "p_status": status,
+            "p_outcome": outcome,
+            "p_reason": reason,
+            "p_now": now,
+        },
     )
 
 
@@ -210,21 +241,20 @@ def add_outcome(
     recurrence_id: str | None = None,
 ) -> JournalOutcomeRow:
     """Record the outcome of one calendar part for one recipient."""
-    row = JournalOutcomeRow(
-        journal_id=journal_id,
-        part_index=part_index,
-        recipient=normalise(recipient),
-        method=method,
-        component=component,
-        uid=clip(uid),
-        recurrence_id=clip(recurrence_id),
-        outcome=outcome,
-        reason=reason,
-        created_at=now,
-    )
-    s.add(row)
-    s.flush()
-    return row
+    values = {
+        "journal_id": journal_id,
+        "part_index": part_index,
+        "recipient": normalise(recipient),
+        "method": method,
+        "component": component,
+        "uid": clip(uid),
+        "recurrence_id": clip(recurrence_id),
+        "outcome": outcome,
+        "reason": reason,
+        "created_at": now,
+    }
+    new_id = s.execute(_ADD_OUTCOME, values).scalar_one()
+    return JournalOutcomeRow(id=new_id, **values)  # a detached snapshot, like the insert
 
 
 @dataclass(frozen=True, slots=True)
