@@ -39,7 +39,7 @@ from gateway.services.outgoing import compose_outgoing
 from gateway.services.ports import FORWARD_METHOD
 from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
 from gateway.store.models import JournalRow
-from gateway.store.tx import Tx
+from gateway.store.tx import Tx, savepoint
 
 __all__ = [
     "BatchItem",
@@ -191,7 +191,7 @@ class Processor:
                 # is held for the whole group, and intake (the SMTP 250) waits for it.
                 break
             try:
-                with s.begin_nested():
+                with savepoint(s):
                     results, queued = self._process_row(s, journal_id, now)
             except Exception as exc:
                 log.exception("processing journal row %s failed", journal_id)
@@ -212,7 +212,7 @@ class Processor:
         # Lock the row: if our lease expired while we worked and another worker claimed
         # it, one of us waits here and then sees "done" - a decision is applied once.
         if row is None:
-            row = s.get(JournalRow, journal_id, with_for_update=True)
+            row = journal.lock_row(s, journal_id)
         if row is None or row.status in ("done", "quarantined"):
             return [], 0
         raw = bytes(row.raw)
@@ -263,10 +263,9 @@ class Processor:
         Returns None when the row is not pending any more (a running daemon took it);
         the caller then reads the recorded outcomes from the journal.
         """
-        row = s.get(JournalRow, journal_id, with_for_update=True)
-        if row is None or row.status != "pending":
+        row = journal.take_pending(s, journal_id)
+        if row is None:
             return None
-        row.attempts += 1
         return self._process_row(s, journal_id, now, row)[0]
 
     def fail_row(self, s: Tx, journal_id: int, error: str, now: datetime) -> bool:
@@ -274,27 +273,9 @@ class Processor:
 
         Returns True when the row was quarantined (it will not be retried).
         """
-        row = s.get(JournalRow, journal_id)
-        if row is None:
-            return True
-        if row.status == "pending":
-            # process_now's own attempt was rolled back with the failed decision.
-            row.attempts += 1
-        if row.attempts >= self.options.max_attempts:
-            journal.finish(
-                s,
-                journal_id,
-                "quarantined",
-                outcome=Outcome.QUARANTINED_INVALID.value,
-                reason=f"processing failed {row.attempts} times: {error}"[:2000],
-                now=now,
-            )
-            return True
-        # Leave it claimable again soon (the lease decides when).
-        row.status = "pending"
-        row.lease_until = None
-        row.reason = f"attempt {row.attempts} failed: {error}"[:2000]
-        return False
+        return journal.record_failure(
+            s, journal_id, error, now=now, max_attempts=self.options.max_attempts
+        )
 
     # --- who is this for ----------------------------------------------------------------
 

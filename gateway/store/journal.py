@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
+from gateway.domain.model import Outcome
 from gateway.store.limits import clip
 from gateway.store.models import JournalOutcomeRow, JournalRow
 from gateway.store.types import UTCDateTime
@@ -182,6 +183,58 @@ def record_inbound(
     # A detached snapshot of what was written: reloading the row (raw bytes included)
     # would cost another round trip for values the caller already has.
     return JournalRow(id=new_id, **values), False
+
+
+def lock_row(s: Session, journal_id: int) -> JournalRow | None:
+    """The row, locked for the rest of the transaction (``SELECT ... FOR UPDATE``).
+
+    If a worker's lease expired while it worked and another claimed the row, one of
+    them waits here and then sees ``done``: a decision is applied once.
+    """
+    return s.get(JournalRow, journal_id, with_for_update=True)
+
+
+def take_pending(s: Session, journal_id: int) -> JournalRow | None:
+    """Lock a still-``pending`` row and count an attempt on it; None if it is not pending.
+
+    For processing a message at once (``imip-gateway ingest``) without a separate claim.
+    """
+    row = lock_row(s, journal_id)
+    if row is None or row.status != "pending":
+        return None
+    row.attempts += 1
+    return row
+
+
+def record_failure(
+    s: Session, journal_id: int, error: str, *, now: datetime, max_attempts: int
+) -> bool:
+    """Record a failed processing attempt; quarantine the row after ``max_attempts``.
+
+    Returns True when the row is quarantined (kept with the reason, never retried),
+    False when it was made claimable again.  A ``pending`` row is one whose attempt was
+    counted in a transaction that rolled back with the failed decision: it is counted
+    here again.
+    """
+    row = s.get(JournalRow, journal_id)
+    if row is None:
+        return True
+    if row.status == "pending":
+        row.attempts += 1
+    if row.attempts >= max_attempts:
+        finish(
+            s,
+            journal_id,
+            "quarantined",
+            outcome=Outcome.QUARANTINED_INVALID.value,
+            reason=f"processing failed {row.attempts} times: {error}"[:2000],
+            now=now,
+        )
+        return True
+    row.status = "pending"
+    row.lease_until = None
+    row.reason = f"attempt {row.attempts} failed: {error}"[:2000]
+    return False
 
 
 def claim_pending(

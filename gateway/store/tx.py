@@ -4,6 +4,16 @@ Services pass it through to store functions without importing SQLAlchemy themsel
 (the layering contract in pyproject.toml: only ``gateway.store`` imports it).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy.orm import Session as Tx
 
-__all__ = ["Tx"]
+__all__ = ["Tx", "savepoint"]
+
+
+@contextmanager
+def savepoint(s: Tx) -> Iterator[None]:
+    """A SAVEPOINT: an exception inside rolls back only what was done inside."""
+    with s.begin_nested():
+        yield
