@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from gateway.cli.base import EXIT_FAILURE, EXIT_OK, Context, Subparsers, add_command
-from gateway.cli.output import print_json, print_table
+from gateway.cli.base import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Context, Subparsers, add_command
+from gateway.cli.output import InputError, print_json, print_table, read_input
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,11 @@ def ingest(ctx: Context) -> int:
     from gateway.app import open_services
 
     args = ctx.args
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    try:
+        raw = read_input(args.file)
+    except InputError as exc:
+        print(f"imip-gateway ingest: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     services = open_services(ctx.settings)
     try:
         journal_id, duplicate, results = services.ingest_now(

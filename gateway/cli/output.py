@@ -7,7 +7,22 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-__all__ = ["print_json", "print_table"]
+__all__ = ["InputError", "print_json", "print_table", "read_input"]
+
+
+class InputError(Exception):
+    """The command's input file cannot be read (the message says which and why)."""
+
+
+def read_input(name: str) -> bytes:
+    """The bytes of ``name``, or of standard input for ``-``."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(name, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise InputError(f"cannot read {name}: {exc.strerror or exc}") from exc
 
 
 def print_json(value: Any, out: TextIO | None = None) -> None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from gateway.cli.base import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, Context, Subparsers, add_command
-from gateway.cli.output import print_json, print_table
+from gateway.cli.output import InputError, print_json, print_table, read_input
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +64,11 @@ def register(subparsers: Subparsers) -> None:
 def send_cmd(ctx: Context) -> int:
     from gateway.app import open_services
 
-    raw = sys.stdin.buffer.read() if ctx.args.file == "-" else Path(ctx.args.file).read_bytes()
+    try:
+        raw = read_input(ctx.args.file)
+    except InputError as exc:
+        print(f"imip-gateway send: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     with open_services(ctx.settings) as services:
         try:
             journal_id, outcomes = services.send(raw)

@@ -396,3 +396,15 @@ def test_serve_refuses_a_database_without_the_schema(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "run `imip-gateway db upgrade`" in result.stderr
     assert "imip-gateway ready" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["ingest", "send"])
+def test_unreadable_input_file_is_a_clear_usage_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"IMIP_GATEWAY_DATABASE_URL": f"sqlite:///{tmp_path / 'gw.sqlite3'}"}
+    missing = tmp_path / "missing.eml"
+    assert main([command, str(missing)], environ=env) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {missing}" in err
+    assert "Traceback" not in err
