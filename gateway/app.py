@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from gateway.config import ImapAccountConfig, ListenerConfig, Settings, UserConfig
 from gateway.daemon import Runnable
@@ -24,11 +25,14 @@ from gateway.store import Store, migrate
 from gateway.transports.imap import ImapAccountOptions, ImapPoller
 from gateway.transports.smtp import ListenerOptions, SmtpListener
 from gateway.transports.smtp_sender import RelayOptions, RelaySender
+from gateway.workers.child import ChildProcess
 from gateway.workers.outbox import FailedDelivery, OutboxOptions, OutboxWorker
 from gateway.workers.processing import ProcessingWorker
+from gateway.workers.wakeup import WAKE_JOURNAL, WAKE_OUTBOX, WakeListener
 
 __all__ = [
     "App",
+    "Role",
     "SchemaNotCurrentError",
     "build_app",
     "build_processor",
@@ -156,17 +160,94 @@ def _listener_options(cfg: ListenerConfig, settings: Settings) -> ListenerOption
     )
 
 
-def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
+Role = Literal["all", "intake", "processing"]
+
+
+def build_app(
+    settings: Settings,
+    clock: Callable[[], datetime] = utc_now,
+    *,
+    role: Role = "all",
+    child_argv: Sequence[str] = (),
+) -> App:
     """Build the store and every runnable the configuration enables.
 
     Data flow (ARCHITECTURE.md section 1): listeners -> JournalIntake (durable) ->
     ProcessingWorker (engine, one transaction per message) -> outbox rows ->
     OutboxWorker -> RelaySender.  Each stage wakes the next one; each also polls, so
     rows left by a crash are picked up without a wake-up.
+
+    ``role`` splits that flow over two processes (``gateway.processing_process``,
+    see :mod:`gateway.workers.child`): ``"intake"`` runs the listeners and IMAP
+    pollers and starts ``child_argv`` as the processing process, which wakes on
+    hints over its stdin; ``"processing"`` is that child (processing and outbox
+    only); ``"all"`` runs everything in one process.
     """
-    store = Store(
-        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
+    runnables: list[Runnable] = []
+    closers: list[Callable[[], object]] = []
+    wake_journal: Callable[[int], None]
+    wake_outbox: Callable[[], None]
+    if role == "intake":
+        child = ChildProcess(child_argv, drain_timeout=settings.gateway.shutdown_timeout_seconds)
+        runnables.append(child)
+        wake_journal, wake_outbox = child.wake_journal, child.wake_outbox
+        # No processing here: one connection serves intake and the IMAP state.
+        store = _store(settings)
+    else:
+        store = _store(settings)
+        processing, outbox_worker, sender = _processing(settings, store, clock)
+        runnables += [processing, outbox_worker]
+        closers.append(sender.aclose)
+        wake_journal, wake_outbox = processing.notify, outbox_worker.notify
+        if role == "processing":
+            runnables.append(
+                WakeListener({WAKE_JOURNAL: processing.notify, WAKE_OUTBOX: outbox_worker.notify})
+            )
+            return App(settings=settings, store=store, runnables=runnables, closers=closers)
+    # Intake gets its own connection and thread: a listener's 250 waits only for its own
+    # journal INSERT, never in a queue behind decisions being processed (on SQLite the
+    # two still take turns on the write lock, but a journal write is a millisecond).
+    intake_store = _store(settings) if role == "all" else store
+    if intake_store is not store:
+        closers.append(intake_store.aclose)
+    intake = JournalIntake(
+        intake_store,
+        clock,
+        on_accepted=wake_journal,
+        max_message_bytes=settings.gateway.max_message_bytes,
     )
+    intake.on_forward_queued = wake_outbox
+    directory = StaticDirectory(user_policy(u) for u in settings.users)
+    bounce_address = normalise(settings.relay.from_address)
+
+    def accepts(address: str) -> bool:
+        # Local users and their aliases; plus our own envelope sender, where delivery
+        # status notifications for the mail we sent come back (RFC 3464).
+        return directory.is_local(address) or normalise(address) == bounce_address
+
+    listeners = settings.listeners
+    if listeners.smtp.enabled:
+        runnables.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
+    if listeners.lmtp.enabled:
+        runnables.append(
+            SmtpListener(
+                _listener_options(listeners.lmtp, settings), intake, accepts, protocol="lmtp"
+            )
+        )
+    for account in settings.imap.accounts:
+        runnables.append(ImapPoller(_imap_options(account), intake, store, clock))
+    return App(settings=settings, store=store, runnables=runnables, closers=closers)
+
+
+def _store(settings: Settings) -> Store:
+    db = settings.database
+    return Store(db.url, pool_size=db.pool_size, echo=db.echo)
+
+
+def _processing(
+    settings: Settings, store: Store, clock: Callable[[], datetime]
+) -> tuple[ProcessingWorker, OutboxWorker, RelaySender]:
+    """The journal processing worker and the outbox worker sending through the relay."""
     processor = build_processor(settings)
     relay = settings.relay
     sender = RelaySender(
@@ -214,44 +295,7 @@ def build_app(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ap
         on_failure,
     )
     processing = ProcessingWorker(store, processor, clock, on_queued=outbox_worker.notify)
-    # Intake gets its own connection and thread: a listener's 250 waits only for its own
-    # journal INSERT, never in a queue behind decisions being processed (on SQLite the
-    # two still take turns on the write lock, but a journal write is a millisecond).
-    intake_store = Store(
-        settings.database.url, pool_size=settings.database.pool_size, echo=settings.database.echo
-    )
-    intake = JournalIntake(
-        intake_store,
-        clock,
-        on_accepted=processing.notify,
-        max_message_bytes=settings.gateway.max_message_bytes,
-    )
-    intake.on_forward_queued = outbox_worker.notify
-    bounce_address = normalise(relay.from_address)
-
-    def accepts(address: str) -> bool:
-        # Local users and their aliases; plus our own envelope sender, where delivery
-        # status notifications for the mail we sent come back (RFC 3464).
-        return processor.directory.is_local(address) or normalise(address) == bounce_address
-
-    runnables: list[Runnable] = [processing, outbox_worker]
-    listeners = settings.listeners
-    if listeners.smtp.enabled:
-        runnables.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
-    if listeners.lmtp.enabled:
-        runnables.append(
-            SmtpListener(
-                _listener_options(listeners.lmtp, settings), intake, accepts, protocol="lmtp"
-            )
-        )
-    for account in settings.imap.accounts:
-        runnables.append(ImapPoller(_imap_options(account), intake, store, clock))
-    return App(
-        settings=settings,
-        store=store,
-        runnables=runnables,
-        closers=[sender.aclose, intake_store.aclose],
-    )
+    return processing, outbox_worker, sender
 
 
 def _imap_options(a: ImapAccountConfig) -> ImapAccountOptions:

@@ -153,6 +153,10 @@ class GatewayConfig(_Section):
     # A message being processed is leased for this long; a worker that died (SIGKILL,
     # power loss) leaves it leased, and it is processed again once the lease expires.
     processing_lease_seconds: float = Field(default=60, gt=0)
+    # Run journal processing and the outbox in a second process, started and
+    # supervised by `serve`, so SMTP/LMTP/IMAP intake and processing each get a CPU
+    # core (Python runs one thread of bytecode at a time).  false = one process.
+    processing_process: bool = True
 
     @field_validator("hostname")
     @classmethod

@@ -64,6 +64,7 @@ async def run_daemon(
     drain_timeout: float,
     stopping: asyncio.Event | None = None,
     handle_signals: bool = True,
+    label: str = "imip-gateway",
 ) -> None:
     """Run ``runnables`` until SIGTERM/SIGINT (or ``stopping`` is set), then drain.
 
@@ -143,7 +144,7 @@ async def run_daemon(
                 pending -= done
             if not stopping.is_set():
                 names = ", ".join(r.name for r in runnables) or "no runnables"
-                log.info("imip-gateway ready (%s)", names)
+                log.info("%s ready (%s)", label, names)
         finally:
             for future in (*waits, stop):
                 future.cancel()
@@ -158,4 +159,4 @@ async def run_daemon(
             loop.remove_signal_handler(signum)
     if failures:
         raise DaemonFailure(failures)
-    log.info("imip-gateway stopped cleanly")
+    log.info("%s stopped cleanly", label)

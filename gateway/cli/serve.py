@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import sys
 
 from gateway.cli.base import EXIT_FAILURE, EXIT_OK, Context, Subparsers, add_command
 
@@ -23,38 +25,68 @@ exit codes: 0 clean shutdown, 1 a component failed, 2 configuration error."""
 
 
 def register(subparsers: Subparsers) -> None:
-    add_command(
+    parser = add_command(
         subparsers,
         "serve",
         run,
         help="run the daemon (until SIGTERM/SIGINT)",
         description=DESCRIPTION,
     )
+    # Internal: how `serve` starts its processing process (gateway.processing_process).
+    parser.add_argument("--role", choices=("processing",), default=None, help=argparse.SUPPRESS)
+
+
+def child_argv(ctx: Context) -> list[str]:
+    """The command line of the processing process: this command with ``--role``.
+
+    The child inherits the environment (so ``IMIP_GATEWAY_*`` overrides apply to it
+    too) and the working directory (so a relative ``--config`` still resolves).
+    """
+    argv = [sys.executable, "-m", "gateway"]
+    if ctx.config_path is not None:
+        argv += ["--config", str(ctx.config_path)]
+    if ctx.args.log_level:
+        argv += ["--log-level", ctx.args.log_level]
+    if ctx.args.log_format:
+        argv += ["--log-format", ctx.args.log_format]
+    return [*argv, "serve", "--role", "processing"]
 
 
 def run(ctx: Context) -> int:
-    from gateway.app import SchemaNotCurrentError, build_app, prepare_database
+    from gateway.app import Role, SchemaNotCurrentError, build_app, prepare_database
     from gateway.daemon import DaemonFailure
 
     settings = ctx.settings
-    log.info(
-        "starting imip-gateway (config: %s, database: %s)",
-        ctx.config_path or "built-in defaults + environment",
-        settings.masked()["database"]["url"],
-    )
+    role: Role = "all"
+    if getattr(ctx.args, "role", None) == "processing":
+        role = "processing"
+    elif settings.gateway.processing_process:
+        role = "intake"
+    if role != "processing":
+        log.info(
+            "starting imip-gateway (config: %s, database: %s%s)",
+            ctx.config_path or "built-in defaults + environment",
+            settings.masked()["database"]["url"],
+            "; processing in a second process" if role == "intake" else "",
+        )
     settings.gateway.state_dir.mkdir(parents=True, exist_ok=True)
     try:
         prepare_database(settings)
     except SchemaNotCurrentError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
-    app = build_app(settings)
+    app = build_app(settings, role=role, child_argv=child_argv(ctx) if role == "intake" else ())
+    label = "imip-gateway processing process" if role == "processing" else "imip-gateway"
 
     async def serve() -> None:
         from gateway.daemon import run_daemon
 
         try:
-            await run_daemon(app.runnables, drain_timeout=settings.gateway.shutdown_timeout_seconds)
+            await run_daemon(
+                app.runnables,
+                drain_timeout=settings.gateway.shutdown_timeout_seconds,
+                label=label,
+            )
         finally:
             await app.close()
 
