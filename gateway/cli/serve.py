@@ -16,6 +16,10 @@ Run the gateway: listeners, IMAP pollers and the outbox worker, until SIGTERM or
 SIGINT.  On a signal it stops accepting, lets in-flight work finish (up to
 gateway.shutdown_timeout_seconds; a second signal cancels at once) and exits 0.
 
+With gateway.processing_process (the default) journal processing and the outbox run
+in a child process that serve starts, restarts if it dies and stops with itself, so
+intake and processing each use a CPU core.
+
 On SQLite with database.auto_upgrade (the default) the schema is created or upgraded
 first, so the first run needs no extra step.  On PostgreSQL run `imip-gateway db
 upgrade` before starting the replicas; serve refuses to start (exit 1) on a schema
