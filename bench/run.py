@@ -42,7 +42,7 @@ from bench.dbcheck import JournalView
 from bench.loadgen import prepare
 from bench.messages import BenchMessage, EventSpec
 from bench.preload import bulk_clone, submit_events
-from bench.procstat import cpu_seconds
+from bench.procstat import cpu_seconds, descendants
 from bench.sink import read_records
 
 __all__ = ["main"]
@@ -305,33 +305,42 @@ class Session:
             yield
             return
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        out = self.profile_dir / f"{name}.txt"
-        proc = subprocess.Popen(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(self.daemon.pid),
-                "--rate",
-                "200",
-                "--format",
-                "raw",
-                "--output",
-                str(out),
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # One py-spy per process: serve (NAME.txt) and its processing process
+        # (NAME.processing.txt, gateway.processing_process); py-spy's own
+        # --subprocesses does not follow a child started before it attached.
+        procs = []
+        for i, pid in enumerate(descendants(self.daemon.pid)):
+            out = self.profile_dir / (f"{name}.txt" if i == 0 else f"{name}.processing.txt")
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(1.0)  # let py-spy attach before the load starts
         try:
             yield
         finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            for proc in procs:
+                proc.send_signal(signal.SIGINT)
+            for proc in procs:
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
     def phase(
         self,
