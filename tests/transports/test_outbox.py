@@ -105,9 +105,30 @@ async def test_sender_delivers_unchanged_bytes_and_reuses_one_connection(sink: S
     assert [m.data for m in sink.messages] == [mail(n) for n in range(3)]
     assert sink.connections == 1
     assert {m.connection for m in sink.messages} == {1}
-    # Between messages the pooled session was checked with RSET (RFC 5321 4.1.1.5).
-    assert [verb for _, verb in sink.commands].count("RSET") >= 2
+    # Back to back, the session is reused without an RSET round trip (the server
+    # cleared its state when it answered the end of DATA, RFC 5321 4.1.1.4).
+    assert "RSET" not in [verb for _, verb in sink.commands]
     assert (1, "QUIT") in sink.commands  # aclose() says goodbye
+
+
+async def test_sender_checks_a_session_that_sat_idle_with_rset_before_reuse(
+    sink: SmtpSink,
+) -> None:
+    clock = [1000.0]
+    sender = RelaySender(
+        relay_options(sink, max_connections=1, recheck_seconds=2.0), monotonic=lambda: clock[0]
+    )
+    try:
+        await sender.send("alice@example.org", ["dave@example.net"], mail(1))
+        clock[0] += 5.0  # idle longer than recheck_seconds (but not idle_seconds)
+        second = await sender.send("alice@example.org", ["dave@example.net"], mail(2))
+    finally:
+        await sender.aclose()
+    assert second.status == "sent"
+    verbs = [verb for _, verb in sink.commands]
+    assert verbs.count("RSET") == 1  # RFC 5321 4.1.1.5: proves the session alive
+    assert verbs.index("RSET") < max(i for i, v in enumerate(verbs) if v == "MAIL")
+    assert sink.connections == 1
 
 
 async def test_sender_classifies_4xx_as_temporary_and_5xx_as_permanent(sink: SmtpSink) -> None:
@@ -163,6 +184,8 @@ async def test_sender_reconnects_when_the_pooled_session_died(sink: SmtpSink) ->
         second = await sender.send("alice@example.org", ["dave@example.net"], mail(2))
     finally:
         await sender.aclose()
+    # The relay dropped the pooled session; the reused (unchecked) session fails
+    # without a reply, and the message goes out at once on a new connection.
     assert (first.status, second.status) == ("sent", "sent")
     assert [m.connection for m in sink.messages] == [1, 2]
 
