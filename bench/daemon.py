@@ -68,6 +68,8 @@ class GatewayConfig:
     database_url: str = ""
     smtp_port: int = field(default_factory=free_port)
     log_level: str = "WARNING"
+    # gateway.processing_process: processing in a second process (the default) or not.
+    processing_process: bool = True
 
     def __post_init__(self) -> None:
         if not self.database_url:
@@ -88,6 +90,7 @@ state_dir = "{self.workdir / "var"}"
 # mail-loop guard (RFC 3834) would otherwise throttle the automatic answers.
 auto_reply_limit_per_hour = 100000000
 shutdown_timeout_seconds = 30
+processing_process = {"true" if self.processing_process else "false"}
 
 [database]
 url = "{self.database_url}"

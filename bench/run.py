@@ -258,12 +258,17 @@ class Session:
         *,
         log_level: str = "WARNING",
         profile_dir: Path | None = None,
+        processing_process: bool = True,
     ) -> None:
         self.workdir = workdir
         self.sink_file = workdir / "sink.jsonl"
         self.sink = ServerProcess("bench.sink", str(self.sink_file))
         self.config = GatewayConfig(
-            workdir, relay_port=self.sink.port, database_url=database_url, log_level=log_level
+            workdir,
+            relay_port=self.sink.port,
+            database_url=database_url,
+            log_level=log_level,
+            processing_process=processing_process,
         )
         self.config.write()
         upgrade = self.config.cli("db", "upgrade")
@@ -513,6 +518,7 @@ class Options:
     keep: bool
     profile_dir: Path | None
     log_level: str
+    processing_process: bool = True
     mix: tuple[tuple[EventSpec, int], ...] = msgs.REQUEST_MIX
 
 
@@ -649,7 +655,13 @@ def _main_session(
     wdir.mkdir()
     url = _session_url(db, pg_base, f"bench_{run_tag}_main")
     try:
-        session = Session(wdir, url, log_level=opts.log_level, profile_dir=opts.profile_dir)
+        session = Session(
+            wdir,
+            url,
+            log_level=opts.log_level,
+            profile_dir=opts.profile_dir,
+            processing_process=opts.processing_process,
+        )
     except DaemonError as exc:
         return [
             Row(
@@ -858,7 +870,9 @@ def _stored_scenario(opts: Options, base: Path, pg_base: str | None, run_tag: st
         wdir = base / f"stored-{count}"
         wdir.mkdir()
         url = _session_url(db, pg_base, f"bench_{run_tag}_s{count}")
-        session = Session(wdir, url, log_level=opts.log_level)
+        session = Session(
+            wdir, url, log_level=opts.log_level, processing_process=opts.processing_process
+        )
         try:
             rid = f"{run_tag}-st"
             batch, events = msgs.reply_workload(opts.n, run_id=rid, now=now, mix=((spec, 1),))
@@ -983,6 +997,12 @@ def _parse(argv: Sequence[str] | None) -> Options:
     )
     run.add_argument("--log-level", default="WARNING", help="the daemon's logging.level")
     run.add_argument(
+        "--one-process",
+        action="store_true",
+        help="run the daemon with gateway.processing_process = false (intake and"
+        " processing in one process)",
+    )
+    run.add_argument(
         "--mix",
         choices=("realistic", "typical"),
         default="realistic",
@@ -1015,6 +1035,7 @@ def _parse(argv: Sequence[str] | None) -> Options:
         keep=args.keep,
         profile_dir=args.profile,
         log_level=args.log_level,
+        processing_process=not args.one_process,
         mix=((EventSpec(5), 1),) if args.mix == "typical" else msgs.REQUEST_MIX,
     )
 
