@@ -84,7 +84,10 @@ class Property:
                 self.params.pop(key, None)
 
     def copy(self) -> Property:
-        return Property(self.name, self.value, {k: list(v) for k, v in self.params.items()})
+        params = self.params
+        return Property(
+            self.name, self.value, {k: v[:] for k, v in params.items()} if params else {}
+        )
 
     @property
     def text(self) -> str:
@@ -218,13 +221,25 @@ def _unfold(text: str, warnings: list[str]) -> Iterator[tuple[int, str]]:
         yield start, current
 
 
+# The common content line: a plain name, no parameters ("UID:...", "DTSTART:...").
+_BARE_NAME = re.compile(r"([A-Za-z0-9-]+):")
+_NAME_END = re.compile(r"[;:]")
+_PARAM_VALUE_END = re.compile(r"[,;:]")
+
+
 def _split_line(line: str, number: int, warnings: list[str]) -> Property:
-    """Split an unfolded content line into name, parameters and raw value."""
+    """Split an unfolded content line into name, parameters and raw value.
+
+    The scanning is done by ``str.find`` and compiled patterns rather than a loop over
+    characters: this runs once per content line of every calendar processed.
+    """
+    bare = _BARE_NAME.match(line)
+    if bare is not None:
+        return Property(bare.group(1).upper(), line[bare.end() :], {})
     n = len(line)
-    i = 0
     # Name runs to the first ";" or ":".
-    while i < n and line[i] not in ";:":
-        i += 1
+    end = _NAME_END.search(line)
+    i = n if end is None else end.start()
     name = line[:i].strip().upper()
     if not name or i == n:
         raise ICalError(f"content line has no ':' separator: {line[:60]!r}", number)
@@ -244,16 +259,16 @@ def _split_line(line: str, number: int, warnings: list[str]) -> Property:
         values: list[str] = []
         while True:
             if i < n and line[i] == '"':
-                end = line.find('"', i + 1)
-                if end < 0:
+                close = line.find('"', i + 1)
+                if close < 0:
                     raise ICalError(f"unterminated quoted parameter {pname} in {name}", number)
-                values.append(line[i + 1 : end])
-                i = end + 1
+                values.append(line[i + 1 : close])
+                i = close + 1
             else:
-                start = i
-                while i < n and line[i] not in ",;:":
-                    i += 1
-                values.append(line[start:i])
+                stop = _PARAM_VALUE_END.search(line, i)
+                end_of_value = n if stop is None else stop.start()
+                values.append(line[i:end_of_value])
+                i = end_of_value
             if i < n and line[i] == ",":
                 i += 1
                 continue

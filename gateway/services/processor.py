@@ -38,7 +38,6 @@ from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
 from gateway.services.ports import FORWARD_METHOD
 from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
-from gateway.store.models import JournalRow
 from gateway.store.tx import Tx, savepoint
 
 __all__ = [
@@ -207,7 +206,7 @@ class Processor:
         return self._process_row(s, journal_id, now)[0]
 
     def _process_row(
-        self, s: Tx, journal_id: int, now: datetime, row: JournalRow | None = None
+        self, s: Tx, journal_id: int, now: datetime, row: journal.LockedMessage | None = None
     ) -> tuple[list[PartResult], int]:
         # Lock the row: if our lease expired while we worked and another worker claimed
         # it, one of us waits here and then sees "done" - a decision is applied once.

@@ -8,15 +8,17 @@ event of the owner.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import bindparam, delete, insert, select
+from sqlalchemy import Row, Select, Table, bindparam, delete, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
 from gateway.store.models import BusyRow
+from gateway.store.types import UTCDateTime
 
 __all__ = ["BusyPeriod", "overlapping", "replace_periods"]
 
@@ -34,18 +36,44 @@ class BusyPeriod:
             raise ValueError(f"busy period ends ({self.end}) before it starts ({self.start})")
 
 
-# Built once (issue 5): a statement rebuilt per call costs more CPU than running it on
-# SQLite, and a bound parameter keeps SQLAlchemy's compiled-statement cache hitting.
-_DELETE_PERIODS = delete(BusyRow).where(BusyRow.object_id == bindparam("object_id"))
-_INSERT_PERIODS = insert(BusyRow)
+# Built once, on the table rather than the ORM class (issue 5): a statement rebuilt per
+# call costs more CPU than running it on SQLite, and an ORM-enabled DELETE/INSERT adds
+# the session synchronisation and bulk-persistence machinery that plain Core skips.
+_BUSY = cast(Table, BusyRow.__table__)
+_DELETE_PERIODS = delete(_BUSY).where(_BUSY.c.object_id == bindparam("object_id"))
+_INSERT_PERIODS = insert(_BUSY)
 
 
-def replace_periods(s: Session, object_id: int, owner: str, periods: Iterable[BusyPeriod]) -> int:
+def _overlapping_query(excluding: bool) -> Select[Any]:
+    stmt = select(_BUSY).where(
+        _BUSY.c.owner == bindparam("owner"),
+        _BUSY.c.start_utc < bindparam("end", type_=UTCDateTime()),
+        _BUSY.c.end_utc > bindparam("start", type_=UTCDateTime()),
+    )
+    if excluding:
+        stmt = stmt.where(_BUSY.c.object_id != bindparam("exclude"))
+    return stmt.order_by(_BUSY.c.start_utc, _BUSY.c.end_utc, _BUSY.c.id)
+
+
+_OVERLAPPING = {flag: _overlapping_query(flag) for flag in (False, True)}
+
+
+def replace_periods(
+    s: Session,
+    object_id: int,
+    owner: str,
+    periods: Iterable[BusyPeriod],
+    *,
+    new_object: bool = False,
+) -> int:
     """Replace all busy periods of an object; returns how many were stored.
 
     One DELETE and one executemany INSERT, whatever the number of occurrences.
+    ``new_object`` (the object was created in this transaction and has no periods yet)
+    skips the DELETE.
     """
-    s.execute(_DELETE_PERIODS, {"object_id": object_id})
+    if not new_object:
+        s.execute(_DELETE_PERIODS, {"object_id": object_id})
     key = normalise(owner)
     rows = [
         {
@@ -60,6 +88,11 @@ def replace_periods(s: Session, object_id: int, owner: str, periods: Iterable[Bu
     if rows:
         # One executemany instead of one ORM flush per occurrence.
         s.execute(_INSERT_PERIODS, rows)
+    if s.identity_map:
+        # ORM copies of the replaced rows (a caller's earlier query) must not outlive them.
+        for obj in list(s.identity_map.values()):
+            if isinstance(obj, BusyRow) and obj.object_id == object_id:
+                s.expunge(obj)
     return len(rows)
 
 
@@ -69,16 +102,14 @@ def overlapping(
     start: datetime,
     end: datetime,
     exclude_object_id: int | None = None,
-) -> list[BusyRow]:
+) -> Sequence[Row[Any]]:
     """Busy periods of ``owner`` that intersect [start, end), ordered by start.
 
+    Plain rows with the columns of :class:`~gateway.store.models.BusyRow` as attributes.
     ``exclude_object_id`` leaves out the event being decided on, so rescheduling an event
     never conflicts with its own previous time.
     """
-    stmt = select(BusyRow).where(
-        BusyRow.owner == normalise(owner), BusyRow.start_utc < end, BusyRow.end_utc > start
-    )
+    params: dict[str, object] = {"owner": normalise(owner), "start": start, "end": end}
     if exclude_object_id is not None:
-        stmt = stmt.where(BusyRow.object_id != exclude_object_id)
-    stmt = stmt.order_by(BusyRow.start_utc, BusyRow.end_utc, BusyRow.id)
-    return list(s.scalars(stmt))
+        params["exclude"] = exclude_object_id
+    return s.execute(_OVERLAPPING[exclude_object_id is not None], params).all()

@@ -8,15 +8,17 @@ and organiser changes (section 6.1.3) wait here for the owner's decision.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
 from gateway.store.limits import check_key
 from gateway.store.models import HeldRow
+from gateway.store.types import UTCDateTime
 
 __all__ = ["HeldKind", "get", "hold", "list_held", "pending_for", "resolve"]
 
@@ -30,14 +32,26 @@ HeldKind = Literal[
     "organizer-change",
 ]
 
+# Built once, on the table (issue 5): plain Core statements, no ORM instances; the
+# pending check runs after every REQUEST that creates an object (section 5.2.1).
+_HELD = cast(Table, HeldRow.__table__)
 _PENDING_FOR = (
-    select(HeldRow)
+    select(_HELD)
     .where(
-        HeldRow.owner == bindparam("owner"),
-        HeldRow.uid == bindparam("uid"),
-        HeldRow.resolved_at.is_(None),
+        _HELD.c.owner == bindparam("owner"),
+        _HELD.c.uid == bindparam("uid"),
+        _HELD.c.resolved_at.is_(None),
     )
-    .order_by(HeldRow.created_at, HeldRow.id)
+    .order_by(_HELD.c.created_at, _HELD.c.id)
+)
+_INSERT = insert(_HELD)
+_RESOLVE = (
+    update(_HELD)
+    .where(_HELD.c.id == bindparam("b_id"), _HELD.c.resolved_at.is_(None))
+    .values(
+        resolved_at=bindparam("v_now", type_=UTCDateTime()),
+        resolution=bindparam("v_resolution"),
+    )
 )
 
 
@@ -56,23 +70,27 @@ def hold(
     sequence: int | None = None,
     dtstamp: datetime | None = None,
 ) -> HeldRow:
-    """Set a message aside; ``payload`` is the iCalendar text of the calendar part."""
-    row = HeldRow(
-        owner=normalise(owner),
-        uid=check_key("UID", uid),
-        instance_key=instance_key,
-        kind=kind,
-        journal_id=journal_id,
-        sender=normalise(sender),
-        method=method.upper(),
-        payload=payload,
-        sequence=sequence,
-        dtstamp=dtstamp,
-        created_at=now,
-    )
-    s.add(row)
-    s.flush()
-    return row
+    """Set a message aside; ``payload`` is the iCalendar text of the calendar part.
+
+    Returns a detached snapshot of the row written (not reloaded: the caller has it all).
+    """
+    values: dict[str, Any] = {
+        "owner": normalise(owner),
+        "uid": check_key("UID", uid),
+        "instance_key": instance_key,
+        "kind": kind,
+        "journal_id": journal_id,
+        "sender": normalise(sender),
+        "method": method.upper(),
+        "payload": payload,
+        "sequence": sequence,
+        "dtstamp": dtstamp,
+        "created_at": now,
+        "resolved_at": None,
+        "resolution": None,
+    }
+    new_id = s.execute(_INSERT, values).inserted_primary_key[0]  # type: ignore[attr-defined]
+    return HeldRow(id=int(new_id), **values)
 
 
 def get(s: Session, held_id: int) -> HeldRow | None:
@@ -80,9 +98,12 @@ def get(s: Session, held_id: int) -> HeldRow | None:
     return s.get(HeldRow, held_id)
 
 
-def pending_for(s: Session, owner: str, uid: str) -> list[HeldRow]:
-    """Unresolved items for one (owner, UID), oldest first (arrival order)."""
-    return list(s.scalars(_PENDING_FOR, {"owner": normalise(owner), "uid": uid}))
+def pending_for(s: Session, owner: str, uid: str) -> Sequence[Row[Any]]:
+    """Unresolved items for one (owner, UID), oldest first (arrival order).
+
+    Plain rows with the columns of :class:`~gateway.store.models.HeldRow` as attributes.
+    """
+    return s.execute(_PENDING_FOR, {"owner": normalise(owner), "uid": uid}).all()
 
 
 def resolve(s: Session, held_id: int, resolution: str, now: datetime) -> bool:
@@ -91,11 +112,13 @@ def resolve(s: Session, held_id: int, resolution: str, now: datetime) -> bool:
     Returns False when the item does not exist or was already resolved: resolving twice
     would hide which decision actually took effect.
     """
-    result = s.execute(
-        update(HeldRow)
-        .where(HeldRow.id == held_id, HeldRow.resolved_at.is_(None))
-        .values(resolved_at=now, resolution=resolution)
-    )
+    params = {"b_id": held_id, "v_now": now, "v_resolution": resolution}
+    result = s.execute(_RESOLVE, params)
+    if result.rowcount and s.identity_map:  # type: ignore[attr-defined]
+        # An ORM copy loaded earlier in this session must show the resolution.
+        obj = s.identity_map.get((HeldRow, (held_id,), None))
+        if obj is not None:
+            s.expire(obj)
     return bool(getattr(result, "rowcount", 0))
 
 

@@ -18,8 +18,13 @@ skip rows whose values did not change.  Object-header writes (:func:`put_object`
 SQLAlchemy's compiled cache hits); they keep the ``version`` check of the ORM's
 ``version_id_col`` and copy the new values into an ORM row already loaded in the session,
 so that row never becomes stale.  Readers for :mod:`~gateway.store.scheduling`
-(:func:`instance_records`, :func:`attendee_records`) return Core rows: no identity map,
-no ORM state, which matters when a 1000-attendee object is loaded.
+(:func:`object_with_instances`, :func:`attendee_records`) return Core rows or plain
+mappings: no identity map, no ORM state, which matters when a 1000-attendee object is
+loaded; the object row and its instances come in one joined SELECT.  The load leaves the
+object row in ``Session.info`` (the "header snapshot", see below), so the
+:func:`put_object` / :func:`touch_object` of the same decision know the current values
+and the ``version`` read without an ORM instance or a second SELECT, and still refuse to
+write over a change made since (StaleDataError, as the ORM's ``version_id_col`` does).
 """
 
 from __future__ import annotations
@@ -29,11 +34,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, TypedDict, Unpack, cast
 
-from sqlalchemy import Row, Select, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified, set_committed_value
 from sqlalchemy.orm.exc import StaleDataError
-from sqlalchemy.orm.util import identity_key
 
 from gateway.domain.addresses import normalise
 from gateway.store.limits import check_key
@@ -56,6 +72,10 @@ __all__ = [
     "instance_rows",
     "list_objects",
     "lock_key",
+    "object_record",
+    "object_record_by_id",
+    "object_with_instances",
+    "object_with_instances_by_id",
     "objects_with_uid",
     "put_attendees",
     "put_instances",
@@ -214,6 +234,38 @@ _TOUCH_OBJECT_BY_ID = (
     .values(updated_at=bindparam("v_updated_at"), version=_OBJECTS.c.version + 1)
 )
 
+_OBJECT_RECORD = select(_OBJECTS).where(
+    _OBJECTS.c.owner == bindparam("owner"), _OBJECTS.c.uid == bindparam("uid")
+)
+_OBJECT_RECORD_LOCKED = _OBJECT_RECORD.with_for_update()
+_OBJECT_RECORD_BY_ID = select(_OBJECTS).where(_OBJECTS.c.id == bindparam("object_id"))
+# A load reads the object row and its instances in one statement (one round trip less
+# per decision): one joined row per instance, or one row with NULL instance columns.
+_OBJECT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _OBJECTS.c)
+_INSTANCE_COLUMNS: tuple[str, ...] = tuple(c.name for c in _INSTANCES_T.c)
+
+
+def _with_instances(*where: ColumnElement[bool], lock: bool = False) -> Select[Any]:
+    stmt = (
+        select(_OBJECTS, *(c.label(f"i_{c.name}") for c in _INSTANCES_T.c))
+        .select_from(_OBJECTS.outerjoin(_INSTANCES_T, _INSTANCES_T.c.object_id == _OBJECTS.c.id))
+        .where(*where)
+        .order_by(_INSTANCES_T.c.instance_key)
+    )
+    # Only the object row is locked, as by _OBJECT_RECORD_LOCKED (PostgreSQL refuses a
+    # lock on the nullable side of an outer join anyway).
+    return stmt.with_for_update(of=_OBJECTS) if lock else stmt
+
+
+_BY_KEY = (_OBJECTS.c.owner == bindparam("owner"), _OBJECTS.c.uid == bindparam("uid"))
+_OBJECT_WITH_INSTANCES = _with_instances(*_BY_KEY)
+_OBJECT_WITH_INSTANCES_LOCKED = _with_instances(*_BY_KEY, lock=True)
+_OBJECT_WITH_INSTANCES_BY_ID = _with_instances(_OBJECTS.c.id == bindparam("object_id"))
+# The ORM's version_id_col also guards a DELETE (StaleDataError when 0 rows matched).
+_DELETE_OBJECT = delete(_OBJECTS).where(
+    _OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version")
+)
+
 _INSTANCE_RECORDS = (
     select(_INSTANCES_T)
     .where(_INSTANCES_T.c.object_id == bindparam("object_id"))
@@ -243,14 +295,17 @@ _DELETE_INSTANCE = delete(_INSTANCES_T).where(
 _ATTENDEE_COLUMNS = ("id", "instance_key", "address", *_ATTENDEE_FIELDS)
 
 
-def _attendee_records_query(by_address: bool) -> Select[Any]:
+def _attendee_records_query(by_address: Literal["all", "one", "many"]) -> Select[Any]:
     stmt = select(_ATTENDEES_T).where(_ATTENDEES_T.c.object_id == bindparam("object_id"))
-    if by_address:
+    if by_address == "one":
+        # The REPLY case; an expanding IN is re-rendered on every execution.
+        stmt = stmt.where(_ATTENDEES_T.c.address == bindparam("address"))
+    elif by_address == "many":
         stmt = stmt.where(_ATTENDEES_T.c.address.in_(bindparam("addresses", expanding=True)))
     return stmt.order_by(_ATTENDEES_T.c.instance_key, _ATTENDEES_T.c.address)
 
 
-_ATTENDEE_RECORDS = {flag: _attendee_records_query(flag) for flag in (False, True)}
+_ATTENDEE_RECORDS = {flag: _attendee_records_query(flag) for flag in ("all", "one", "many")}
 # Existing rows of the (instance_key, address) pairs a batch writes: the superset
 # "these instances x these addresses" through the unique index, filtered in Python
 # (portable; tuple IN with expanding parameters is not).
@@ -274,11 +329,36 @@ _UPDATE_ATTENDEE = (
     .where(_ATTENDEES_T.c.id == bindparam("b_id"))
     .values({name: bindparam(f"v_{name}") for name in (*_ATTENDEE_FIELDS, "updated_at")})
 )
+# Single-row UPDATEs of just the changed columns, built once per column set (a REPLY
+# changes the same few columns every time); bounded against unusual combinations.
+_ATTENDEE_UPDATES: dict[tuple[str, ...], Update] = {}
+_MAX_ATTENDEE_UPDATES = 64
+
+
+def _attendee_update(columns: tuple[str, ...]) -> Update:
+    stmt = _ATTENDEE_UPDATES.get(columns)
+    if stmt is None:
+        names = (*columns, "updated_at")
+        stmt = (
+            update(_ATTENDEES_T)
+            .where(_ATTENDEES_T.c.id == bindparam("b_id"))
+            .values({name: bindparam(f"v_{name}") for name in names})
+        )
+        if len(_ATTENDEE_UPDATES) < _MAX_ATTENDEE_UPDATES:
+            _ATTENDEE_UPDATES[columns] = stmt
+    return stmt
+
+
 _DELETE_ATTENDEE = delete(_ATTENDEES_T).where(
     _ATTENDEES_T.c.object_id == bindparam("object_id"),
     _ATTENDEES_T.c.instance_key == bindparam("instance_key"),
     _ATTENDEES_T.c.address == bindparam("address"),
 )
+
+
+def _execute_rows(s: Session, stmt: Any, rows: list[dict[str, object]]) -> None:
+    """Run ``stmt`` for ``rows``: executemany, or a plain execute for one row (cheaper)."""
+    s.execute(stmt, rows[0] if len(rows) == 1 else rows)
 
 
 def lock_key(owner: str, uid: str) -> int:
@@ -301,14 +381,18 @@ def _normalise_fields(fields: dict[str, object]) -> None:
 # --- what a locked load already read, for the apply that follows it ----------------
 #
 # A decision is "load (locked) -> engine -> apply" in one transaction.  The apply needs
-# to know whether the object exists and which attendee rows exist: facts the load just
-# read under the (owner, UID) lock, so nobody else can have changed them.  The load
-# leaves them in ``Session.info``; the next write consumes them (one-shot) if it runs in
-# the same transaction and savepoint, and every other attendee writer here drops them.
-# Saves one SELECT per decision (the REPLY path is ~16 statements).
+# to know whether the object exists, its current header values and ``version``, and
+# which attendee rows exist: facts the load just read under the (owner, UID) lock, so
+# nobody else can have changed them.  The load leaves them in ``Session.info``; a write
+# uses them only in the same transaction and savepoint.  The absent-object and attendee
+# facts are one-shot (the next write consumes them, every other attendee writer drops
+# them); the header snapshot is kept current by every header write here (and dropped
+# when the ORM writes the row), so the version check stays exact.  Saves a SELECT and
+# the ORM's instance state per decision (the REPLY path is ~6 statements).
 
 _ABSENT_OBJECT = "gateway.store.objects.absent_object"
 _ATTENDEE_SNAPSHOT = "gateway.store.objects.attendee_snapshot"
+_HEADER_SNAPSHOT = "gateway.store.objects.header_snapshot"
 
 
 def _tx_marker(s: Session) -> tuple[object, object]:
@@ -335,20 +419,131 @@ def _drop_attendee_snapshot(s: Session) -> None:
     s.info.pop(_ATTENDEE_SNAPSHOT, None)
 
 
+def _remember_header(s: Session, values: dict[str, Any]) -> None:
+    """Keep the object row as read or written in this transaction (one object at a time)."""
+    s.info[_HEADER_SNAPSHOT] = (_tx_marker(s), values["id"], values)
+
+
+def _header_snapshot(s: Session, object_id: int) -> dict[str, Any] | None:
+    """The remembered row of ``object_id`` if it was read or written in this savepoint."""
+    snapshot = s.info.get(_HEADER_SNAPSHOT)
+    if snapshot is None:
+        return None
+    (tx, nested), remembered_id, values = snapshot
+    if remembered_id != object_id:
+        return None
+    current_tx, current_nested = _tx_marker(s)
+    if tx is not current_tx or nested is not current_nested:
+        return None
+    return cast("dict[str, Any]", values)
+
+
+def _drop_header_snapshot(s: Session) -> None:
+    s.info.pop(_HEADER_SNAPSHOT, None)
+
+
+def _dialect(s: Session) -> str:
+    return s.get_bind().dialect.name
+
+
+def _lock(s: Session, owner_key: str, uid: str) -> bool:
+    """Take the (owner, UID) advisory lock on PostgreSQL; True if the row must be locked."""
+    if _dialect(s) != "postgresql":
+        return False
+    s.execute(_ADVISORY_LOCK, {"key": lock_key(owner_key, uid)})
+    return True
+
+
+def object_record(s: Session, owner: str, uid: str, *, lock: bool = False) -> Row[Any] | None:
+    """Like :func:`get_object` but a plain Core row (no ORM instance, no identity map).
+
+    Same locking as :func:`get_object`.  What it read becomes the header snapshot for
+    :func:`put_object` and :func:`touch_object` later in this transaction.
+    """
+    params = {"owner": normalise(owner), "uid": uid}
+    if lock and _lock(s, params["owner"], uid):
+        row = s.execute(_OBJECT_RECORD_LOCKED, params).first()
+    else:
+        row = s.execute(_OBJECT_RECORD, params).first()
+    if row is None:
+        if lock:
+            # Under the lock (or SQLite's single writer) it stays absent in this transaction.
+            _remember(s, _ABSENT_OBJECT, (params["owner"], uid), True)
+        return None
+    _remember_header(s, dict(row._mapping))
+    return row
+
+
+def object_record_by_id(s: Session, object_id: int) -> Row[Any] | None:
+    """The object with this primary key as a Core row (see :func:`object_record`)."""
+    row = s.execute(_OBJECT_RECORD_BY_ID, {"object_id": object_id}).first()
+    if row is not None:
+        _remember_header(s, dict(row._mapping))
+    return row
+
+
+def _split_joined(rows: Sequence[Row[Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    first = rows[0]._mapping
+    header = {name: first[name] for name in _OBJECT_COLUMNS}
+    instances = [
+        {name: m[f"i_{name}"] for name in _INSTANCE_COLUMNS}
+        for m in (row._mapping for row in rows)
+        if m["i_id"] is not None
+    ]
+    return header, instances
+
+
+def object_with_instances(
+    s: Session, owner: str, uid: str, *, lock: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The object row and its instance rows (by key), as column-name mappings.
+
+    :func:`object_record` and :func:`instance_records` in one statement, with the same
+    locking and the same header snapshot as :func:`object_record`.
+    """
+    params = {"owner": normalise(owner), "uid": uid}
+    if lock and _lock(s, params["owner"], uid):
+        # The advisory lock is taken in its own statement first, so this SELECT's
+        # snapshot is taken after any wait for it (READ COMMITTED): it sees what the
+        # previous holder committed.  Every writer of an object holds that lock, so the
+        # row lock never waits and the joined instance rows are as current as the row.
+        rows = s.execute(_OBJECT_WITH_INSTANCES_LOCKED, params).all()
+    else:
+        rows = s.execute(_OBJECT_WITH_INSTANCES, params).all()
+    if not rows:
+        if lock:
+            _remember(s, _ABSENT_OBJECT, (params["owner"], uid), True)
+        return None
+    header, instances = _split_joined(rows)
+    _remember_header(s, dict(header))
+    return header, instances
+
+
+def object_with_instances_by_id(
+    s: Session, object_id: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """Like :func:`object_with_instances`, by primary key (no lock)."""
+    rows = s.execute(_OBJECT_WITH_INSTANCES_BY_ID, {"object_id": object_id}).all()
+    if not rows:
+        return None
+    header, instances = _split_joined(rows)
+    _remember_header(s, dict(header))
+    return header, instances
+
+
 def get_object(s: Session, owner: str, uid: str, *, lock: bool = False) -> ObjectRow | None:
-    """The owner's object with this UID, or ``None``.
+    """The owner's object with this UID as an ORM row, or ``None``.
 
     ``lock=True`` serialises the rest of the transaction against every other transaction
     working on the same (owner, UID), on any replica (PostgreSQL); see the module docstring.
+    The hot path uses :func:`object_record` (same locking, no ORM state) instead.
     """
     params = {"owner": normalise(owner), "uid": uid}
-    if lock and s.get_bind().dialect.name == "postgresql":
-        s.execute(_ADVISORY_LOCK, {"key": lock_key(owner, uid)})
+    if lock and _lock(s, params["owner"], uid):
         row = s.scalars(_OBJECT_BY_KEY_LOCKED, params).first()
     else:
         row = s.scalars(_OBJECT_BY_KEY, params).first()
     if lock and row is None:
-        # Under the lock (or SQLite's single writer) it stays absent in this transaction.
         _remember(s, _ABSENT_OBJECT, (params["owner"], uid), True)
     return row
 
@@ -360,7 +555,10 @@ def get_object_by_id(s: Session, object_id: int) -> ObjectRow | None:
 
 def _loaded_object(s: Session, object_id: int) -> ObjectRow | None:
     """The ORM row of ``object_id`` if this session holds it already (no SQL)."""
-    obj = s.identity_map.get(identity_key(ObjectRow, object_id))
+    if not s.identity_map:
+        return None
+    # The identity key spelled out: ``identity_key()`` costs more than the lookup.
+    obj = s.identity_map.get((ObjectRow, (object_id,), None))
     return obj if isinstance(obj, ObjectRow) else None
 
 
@@ -376,12 +574,13 @@ def _forget(s: Session, kind: type[InstanceRow | AttendeeRow], object_id: int) -
 
 
 def _write_header(s: Session, row: ObjectRow, values: Mapping[str, object], now: datetime) -> bool:
-    """Write changed header fields of a loaded object in one UPDATE; True if written.
+    """Write changed header fields of a loaded ORM object in one UPDATE; True if written.
 
     Same outcome as an ORM flush of the row (``updated_at`` = now, ``version`` + 1,
     StaleDataError when the stored version moved), then the new values become the
     row's committed state so the session's copy stays current.
     """
+    _drop_header_snapshot(s)  # the ORM copy is the current state from here on
     if not any(getattr(row, name) != value for name, value in values.items()):
         return False
     if s.is_modified(row):
@@ -391,18 +590,38 @@ def _write_header(s: Session, row: ObjectRow, values: Mapping[str, object], now:
         row.updated_at = now
         s.flush()
         return True
-    old_version = row.version
     current = {name: getattr(row, name) for name in _OBJECT_FIELDS}
     current.update(values)
-    current["updated_at"] = now
-    current["version"] = old_version + 1
-    params: dict[str, object] = {f"v_{name}": value for name, value in current.items()}
-    params["b_id"] = row.id
-    params["b_version"] = old_version
-    if s.execute(_UPDATE_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleDataError(f"object {row.id} changed since version {old_version} was read")
+    _update_header(s, row.id, row.version, current, now)
     for name, value in current.items():
         set_committed_value(row, name, value)
+    return True
+
+
+def _update_header(
+    s: Session, object_id: int, old_version: int, fields: dict[str, object], now: datetime
+) -> None:
+    """The version-checked header UPDATE; completes ``fields`` with updated_at/version."""
+    fields["updated_at"] = now
+    fields["version"] = old_version + 1
+    params: dict[str, object] = {f"v_{name}": value for name, value in fields.items()}
+    params["b_id"] = object_id
+    params["b_version"] = old_version
+    if s.execute(_UPDATE_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+        _drop_header_snapshot(s)
+        raise StaleDataError(f"object {object_id} changed since version {old_version} was read")
+
+
+def _write_snapshot(
+    s: Session, current: dict[str, Any], values: Mapping[str, object], now: datetime
+) -> bool:
+    """Like :func:`_write_header` for an object known only by its header snapshot."""
+    if all(current[name] == value for name, value in values.items()):
+        return False
+    fields = {name: current[name] for name in _OBJECT_FIELDS}
+    fields.update(values)
+    _update_header(s, current["id"], current["version"], fields, now)
+    _remember_header(s, {**current, **fields})
     return True
 
 
@@ -418,29 +637,46 @@ def put_object(
     """Create the (owner, UID) object or update the given fields without an ORM flush.
 
     Returns the row id and what was written (an UPDATE only when a value changed).
-    ``object_id`` (when the caller knows it) finds the row in the session without a
-    query.  Creating requires ``component`` and ``role`` and starts ``version`` at 1, as
-    the ORM would.
+    ``object_id`` (when the caller knows it) finds the row without a query when this
+    transaction read it already (:func:`object_record`) or the session holds it.
+    Creating requires ``component`` and ``role`` and starts ``version`` at 1, as the
+    ORM would.
     """
     values: dict[str, object] = dict(fields)
     _normalise_fields(values)
-    row = None
-    known_absent = _recall(s, _ABSENT_OBJECT, (normalise(owner), uid)) is True
+    owner_key = normalise(owner)
+    known_absent = _recall(s, _ABSENT_OBJECT, (owner_key, uid)) is True
+    current: dict[str, Any] | None = None
     if object_id is not None:
-        row = _loaded_object(s, object_id) or s.get(ObjectRow, object_id)
-    if row is None and not (known_absent and object_id is None):
-        row = get_object(s, owner, uid)
-    if row is not None:
-        return row.id, "updated" if _write_header(s, row, values, now) else "unchanged"
+        row = _loaded_object(s, object_id)
+        if row is not None:
+            return object_id, "updated" if _write_header(s, row, values, now) else "unchanged"
+        current = _header_snapshot(s, object_id)
+        if current is None and object_record_by_id(s, object_id) is not None:
+            current = _header_snapshot(s, object_id)
+    if current is None and not (known_absent and object_id is None):
+        found = object_record(s, owner_key, uid)
+        if found is not None:
+            current = _header_snapshot(s, found.id)
+    if current is not None:
+        row = _loaded_object(s, current["id"])
+        if row is not None:  # an ORM copy is in the session: keep it current
+            written = _write_header(s, row, values, now)
+        else:
+            written = _write_snapshot(s, current, values, now)
+        return current["id"], "updated" if written else "unchanged"
     missing = [name for name in ("component", "role") if name not in values]
     if missing:
         raise ValueError(f"creating object {uid!r} needs {', '.join(missing)}")
     check_key("UID", uid)
     new = dict(_OBJECT_DEFAULTS)
     new.update(values)
-    new.update(owner=normalise(owner), uid=uid, created_at=now, updated_at=now, version=1)
+    new.update(owner=owner_key, uid=uid, created_at=now, updated_at=now, version=1)
     result = s.execute(_INSERT_OBJECT, new)
-    return int(result.inserted_primary_key[0]), "created"  # type: ignore[attr-defined]
+    new_id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    new["id"] = new_id
+    _remember_header(s, new)
+    return new_id, "created"
 
 
 def upsert_object(
@@ -465,13 +701,22 @@ def touch_object(s: Session, row: ObjectRow | int, now: datetime) -> None:
 
     Instance and attendee rows live in their own tables; touching the object makes the
     optimistic-concurrency check and ``updated_at`` cover them too.  ``row`` may be the
-    row id: a row this session loaded is then found without a query, and one it did not
-    load is bumped unconditionally (nothing was read, so nothing can be stale).
+    row id: the version this transaction read (the header snapshot, or a row the
+    session loaded) is then checked without a query, and an object nothing was read of
+    is bumped unconditionally (nothing was read, so nothing can be stale).
     """
     obj = _loaded_object(s, row) if isinstance(row, int) else row
     if obj is None:
-        s.execute(_TOUCH_OBJECT_BY_ID, {"b_id": row, "v_updated_at": now})
+        object_id = cast(int, row)
+        current = _header_snapshot(s, object_id)
+        if current is None:
+            _drop_header_snapshot(s)
+            s.execute(_TOUCH_OBJECT_BY_ID, {"b_id": object_id, "v_updated_at": now})
+            return
+        _bump(s, object_id, current["version"], now)
+        _remember_header(s, {**current, "updated_at": now, "version": current["version"] + 1})
         return
+    _drop_header_snapshot(s)
     if s.is_modified(obj):
         obj.updated_at = now
         # Force the UPDATE (and so the version bump) even when ``now`` equals updated_at.
@@ -479,16 +724,21 @@ def touch_object(s: Session, row: ObjectRow | int, now: datetime) -> None:
         s.flush()
         return
     old_version = obj.version
+    _bump(s, obj.id, old_version, now)
+    set_committed_value(obj, "updated_at", now)
+    set_committed_value(obj, "version", old_version + 1)
+
+
+def _bump(s: Session, object_id: int, old_version: int, now: datetime) -> None:
     params = {
-        "b_id": obj.id,
+        "b_id": object_id,
         "b_version": old_version,
         "v_updated_at": now,
         "v_version": old_version + 1,
     }
     if s.execute(_TOUCH_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
-        raise StaleDataError(f"object {obj.id} changed since version {old_version} was read")
-    set_committed_value(obj, "updated_at", now)
-    set_committed_value(obj, "version", old_version + 1)
+        _drop_header_snapshot(s)
+        raise StaleDataError(f"object {object_id} changed since version {old_version} was read")
 
 
 def get_instance(s: Session, object_id: int, instance_key: str) -> InstanceRow | None:
@@ -564,9 +814,9 @@ def put_instances(
         merged["b_id"] = old.id
         updates.append(merged)
     if inserts:
-        s.execute(_INSERT_INSTANCES, inserts)
+        _execute_rows(s, _INSERT_INSTANCES, inserts)
     if updates:
-        s.execute(_UPDATE_INSTANCE, updates)
+        _execute_rows(s, _UPDATE_INSTANCE, updates)
     if updates:
         _forget(s, InstanceRow, object_id)
     return len(inserts) + len(updates)
@@ -586,11 +836,22 @@ def delete_instance(s: Session, object_id: int, instance_key: str) -> int:
 def delete_object(s: Session, object_id: int) -> bool:
     """Delete an object; instances, attendees and busy periods go with it (ON DELETE CASCADE)."""
     _drop_attendee_snapshot(s)
-    row = s.get(ObjectRow, object_id)
-    if row is None:
-        return False
-    s.delete(row)
-    s.flush()
+    row = _loaded_object(s, object_id)
+    if row is not None:
+        _drop_header_snapshot(s)
+        s.delete(row)
+        s.flush()
+    else:
+        current = _header_snapshot(s, object_id)
+        if current is None and object_record_by_id(s, object_id) is not None:
+            current = _header_snapshot(s, object_id)
+        _drop_header_snapshot(s)
+        if current is None:
+            return False
+        # What the ORM's DELETE of a versioned row does: match the version read.
+        params = {"b_id": object_id, "b_version": current["version"]}
+        if s.execute(_DELETE_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+            raise StaleDataError(f"object {object_id} changed since it was read")
     # Rows removed by the database cascade may still sit in the identity map.
     for obj in list(s.identity_map.values()):
         if isinstance(obj, InstanceRow | AttendeeRow | BusyRow) and obj.object_id == object_id:
@@ -629,7 +890,7 @@ def attendee_records(
 ) -> Sequence[Row[Any]]:
     """Like :func:`get_attendee_rows` (all instances) but plain Core rows, no ORM state.
 
-    ``remember=True`` (only after :func:`get_object` with ``lock=True``) keeps the rows
+    ``remember=True`` (only after :func:`object_record` with ``lock=True``) keeps the rows
     for the :func:`put_attendees` of the same transaction, which then needs no SELECT.
     """
     params: dict[str, object] = {"object_id": object_id}
@@ -639,7 +900,14 @@ def attendee_records(
         if not covered:
             return []
         params["addresses"] = sorted(covered)
-    rows = s.execute(_ATTENDEE_RECORDS[addresses is not None], params).all()
+    if covered is None:
+        stmt = _ATTENDEE_RECORDS["all"]
+    elif len(covered) == 1:
+        stmt = _ATTENDEE_RECORDS["one"]
+        params = {"object_id": object_id, "address": next(iter(covered))}
+    else:
+        stmt = _ATTENDEE_RECORDS["many"]
+    rows = s.execute(stmt, params).all()
     if remember:
         by_key = {(r.instance_key, r.address): r for r in rows}
         _remember(s, _ATTENDEE_SNAPSHOT, object_id, (covered, by_key))
@@ -729,7 +997,7 @@ def put_attendees(
             if (r.instance_key, r.address) in wanted:
                 existing[(r.instance_key, r.address)] = r
     inserts: list[dict[str, object]] = []
-    updates: list[dict[str, object]] = []
+    changed: list[tuple[Row[Any], dict[str, object]]] = []
     for (instance_key, address), values in wanted.items():
         old = existing.get((instance_key, address))
         if old is None:
@@ -745,17 +1013,34 @@ def put_attendees(
         current = old._mapping
         if all(current[name] == value for name, value in values.items()):
             continue
-        merged: dict[str, object] = {f"v_{name}": current[name] for name in _ATTENDEE_FIELDS}
-        merged.update({f"v_{name}": value for name, value in values.items()})
-        merged["v_updated_at"] = now
-        merged["b_id"] = old.id
-        updates.append(merged)
+        changed.append((old, values))
     if inserts:
-        s.execute(_INSERT_ATTENDEES, inserts)
-    if updates:
+        _execute_rows(s, _INSERT_ATTENDEES, inserts)
+    if len(changed) == 1:
+        # One row (a REPLY): write only what changed, as an ORM flush would.
+        old, values = changed[0]
+        current = old._mapping
+        columns = tuple(
+            name for name in _ATTENDEE_FIELDS if name in values and current[name] != values[name]
+        )
+        one: dict[str, object] = {f"v_{name}": values[name] for name in columns}
+        one["v_updated_at"] = now
+        one["b_id"] = old.id
+        s.execute(_attendee_update(columns), one)
+    elif changed:
+        # Many rows: one executemany of the full column set.
+        updates: list[dict[str, object]] = []
+        for old, values in changed:
+            current = old._mapping
+            merged = {f"v_{name}": current[name] for name in _ATTENDEE_FIELDS}
+            merged.update({f"v_{name}": value for name, value in values.items()})
+            merged["v_updated_at"] = now
+            merged["b_id"] = old.id
+            updates.append(merged)
         s.execute(_UPDATE_ATTENDEE, updates)
+    if changed:
         _forget(s, AttendeeRow, object_id)
-    return len(inserts) + len(updates)
+    return len(inserts) + len(changed)
 
 
 def delete_attendee(s: Session, object_id: int, instance_key: str, address: str) -> bool:

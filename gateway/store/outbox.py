@@ -12,15 +12,21 @@ Leases make crashed workers harmless (ARCHITECTURE section 6): a row in ``sendin
 ``FOR UPDATE SKIP LOCKED`` so workers on several replicas never take the same row; on
 SQLite the single writer serialises them.  ``attempts`` counts claims, so a row that
 crashes its worker every time still reaches its retry limit.
+
+Hot path (issue 5): :func:`enqueue`, :func:`claim_due` and the ``mark_*`` functions run
+statements built once on the table (plain Core, no ORM instances or flushes).  A claim is
+one ``SELECT ... FOR UPDATE SKIP LOCKED`` of the due ids and one ``UPDATE ... RETURNING``
+of those rows, which returns them as :class:`OutboxMessage` snapshots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
@@ -28,6 +34,7 @@ from gateway.store.models import OutboxRow
 from gateway.store.types import UTCDateTime
 
 __all__ = [
+    "OutboxMessage",
     "OutboxStatus",
     "backoff_delay",
     "claim_due",
@@ -44,19 +51,90 @@ __all__ = [
 OutboxStatus = Literal["pending", "sending", "sent", "failed"]
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """An outbox row as claimed (a snapshot: the columns of :class:`OutboxRow`)."""
+
+    id: int
+    journal_id: int | None
+    object_id: int | None
+    owner: str
+    sender: str
+    recipient: str
+    method: str
+    uid: str
+    instance_key: str
+    payload: bytes
+    message_id: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    lease_owner: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    created_at: datetime
+    sent_at: datetime | None
+
+
+# Statements of the hot path, built once on the table (see the module docstring).
+_OUTBOX = cast(Table, OutboxRow.__table__)
 _NOW = bindparam("now", type_=UTCDateTime())
 _DUE = (
-    select(OutboxRow)
+    select(_OUTBOX.c.id)
     .where(
         or_(
-            and_(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= _NOW),
-            and_(OutboxRow.status == "sending", OutboxRow.lease_until <= _NOW),
+            and_(_OUTBOX.c.status == "pending", _OUTBOX.c.next_attempt_at <= _NOW),
+            and_(_OUTBOX.c.status == "sending", _OUTBOX.c.lease_until <= _NOW),
         )
     )
-    .order_by(OutboxRow.next_attempt_at, OutboxRow.id)
+    .order_by(_OUTBOX.c.next_attempt_at, _OUTBOX.c.id)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+# The rows just locked by _DUE: the lease and the attempt, returned as updated.
+_LEASE = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(
+        status="sending",
+        lease_owner=bindparam("lease_owner"),
+        lease_until=bindparam("lease_until", type_=UTCDateTime()),
+        attempts=_OUTBOX.c.attempts + 1,
+    )
+    .returning(*_OUTBOX.c)
+)
+_INSERT = insert(_OUTBOX)
+
+
+def _conclude(holder: bool, **values: Any) -> Any:
+    stmt = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
+    if holder:
+        # Only the lease holder may conclude: a worker whose lease expired and whose row
+        # was re-claimed elsewhere must not overwrite the new holder's bookkeeping.
+        stmt = stmt.where(
+            _OUTBOX.c.status == "sending", _OUTBOX.c.lease_owner == bindparam("b_holder")
+        )
+    return stmt.values(**values, lease_owner=None, lease_until=None)
+
+
+# Keyed by "a lease holder is given".
+_SENT = {
+    flag: _conclude(flag, status="sent", sent_at=bindparam("v_now", type_=UTCDateTime()))
+    for flag in (False, True)
+}
+_RETRY = {
+    flag: _conclude(
+        flag,
+        status="pending",
+        last_error=bindparam("v_error"),
+        next_attempt_at=bindparam("v_next", type_=UTCDateTime()),
+    )
+    for flag in (False, True)
+}
+_FAILED = {
+    flag: _conclude(flag, status="failed", last_error=bindparam("v_error"))
+    for flag in (False, True)
+}
 
 
 def enqueue(
@@ -76,65 +154,74 @@ def enqueue(
     next_attempt_at: datetime | None = None,
 ) -> int:
     """Queue one message (the complete RFC 5322 bytes) for ``recipient``; returns its id."""
-    row = OutboxRow(
-        journal_id=journal_id,
-        object_id=object_id,
-        owner=normalise(owner),
-        sender=normalise(sender),
-        recipient=normalise(recipient),
-        method=method.upper(),
-        uid=uid,
-        instance_key=instance_key,
-        payload=payload,
-        message_id=message_id,
-        status="pending",
-        attempts=0,
-        next_attempt_at=next_attempt_at or now,
-        created_at=now,
-    )
-    s.add(row)
-    s.flush()
-    return row.id
+    values = {
+        "journal_id": journal_id,
+        "object_id": object_id,
+        "owner": normalise(owner),
+        "sender": normalise(sender),
+        "recipient": normalise(recipient),
+        "method": method.upper(),
+        "uid": uid,
+        "instance_key": instance_key,
+        "payload": payload,
+        "message_id": message_id,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": next_attempt_at or now,
+        "created_at": now,
+    }
+    result = s.execute(_INSERT, values)
+    return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
 
 
 def claim_due(
     s: Session, *, now: datetime, lease_owner: str, lease_seconds: float, limit: int
-) -> list[OutboxRow]:
+) -> list[OutboxMessage]:
     """Lease up to ``limit`` rows that are due, oldest due first.
 
     Due: ``pending`` with ``next_attempt_at <= now``, or ``sending`` with an expired lease.
+    The rows are locked (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent claimers
+    get disjoint sets) and returned as leased, ``attempts`` already counted.
     """
-    rows = list(s.scalars(_DUE, {"now": now, "limit": limit}))
-    lease_until = now + timedelta(seconds=lease_seconds)
-    for row in rows:
-        row.status = "sending"
-        row.lease_owner = lease_owner
-        row.lease_until = lease_until
-        row.attempts += 1
-    s.flush()
-    return rows
+    ids = list(s.execute(_DUE, {"now": now, "limit": limit}).scalars())
+    if not ids:
+        return []
+    params = {
+        "ids": ids,
+        "lease_owner": lease_owner,
+        "lease_until": now + timedelta(seconds=lease_seconds),
+    }
+    claimed = [OutboxMessage(**row._mapping) for row in s.execute(_LEASE, params)]
+    # RETURNING gives no order; the claim's order is the SELECT's.
+    claimed.sort(key=lambda m: (m.next_attempt_at, m.id))
+    _forget(s, ids)
+    return claimed
 
 
-def _leased(outbox_id: int, holder: str | None) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = [OutboxRow.id == outbox_id]
+def _forget(s: Session, ids: Iterable[int]) -> None:
+    """Expire ORM copies of rows a Core statement just changed (callers of :func:`get`)."""
+    if not s.identity_map:
+        return
+    for outbox_id in ids:
+        obj = s.identity_map.get((OutboxRow, (outbox_id,), None))
+        if obj is not None:
+            s.expire(obj)
+
+
+def _run(s: Session, stmt: Any, outbox_id: int, holder: str | None, params: dict[str, Any]) -> bool:
+    params["b_id"] = outbox_id
     if holder is not None:
-        # Only the lease holder may conclude: a worker whose lease expired and whose row was
-        # re-claimed elsewhere must not overwrite the new holder's bookkeeping.
-        conditions += [OutboxRow.status == "sending", OutboxRow.lease_owner == holder]
-    return conditions
-
-
-def _update(s: Session, outbox_id: int, holder: str | None, **values: object) -> bool:
-    stmt = update(OutboxRow).where(*_leased(outbox_id, holder)).values(**values)
-    result = s.execute(stmt)
-    return bool(getattr(result, "rowcount", 0))
+        params["b_holder"] = holder
+    changed = bool(getattr(s.execute(stmt, params), "rowcount", 0))
+    if changed:
+        _forget(s, (outbox_id,))
+    return changed
 
 
 def mark_sent(s: Session, outbox_id: int, now: datetime, *, lease_owner: str | None = None) -> bool:
     """The relay accepted the message.  Returns False if the lease was lost."""
-    return _update(
-        s, outbox_id, lease_owner, status="sent", sent_at=now, lease_owner=None, lease_until=None
-    )
+    stmt = _SENT[lease_owner is not None]
+    return _run(s, stmt, outbox_id, lease_owner, {"v_now": now})
 
 
 def mark_retry(
@@ -146,16 +233,8 @@ def mark_retry(
     lease_owner: str | None = None,
 ) -> bool:
     """A temporary failure (4xx, network): try again at ``next_attempt_at``."""
-    return _update(
-        s,
-        outbox_id,
-        lease_owner,
-        status="pending",
-        last_error=error,
-        next_attempt_at=next_attempt_at,
-        lease_owner=None,
-        lease_until=None,
-    )
+    stmt = _RETRY[lease_owner is not None]
+    return _run(s, stmt, outbox_id, lease_owner, {"v_error": error, "v_next": next_attempt_at})
 
 
 def mark_failed(
@@ -163,15 +242,7 @@ def mark_failed(
 ) -> bool:
     """A permanent failure (5xx, or retries exhausted): stop trying, keep the error."""
     del now  # failure time is the row's last lease; kept in the signature for symmetry
-    return _update(
-        s,
-        outbox_id,
-        lease_owner,
-        status="failed",
-        last_error=error,
-        lease_owner=None,
-        lease_until=None,
-    )
+    return _run(s, _FAILED[lease_owner is not None], outbox_id, lease_owner, {"v_error": error})
 
 
 def backoff_delay(

@@ -7,20 +7,23 @@ transaction so the object, its instances, attendees, busy time, held items, outb
 and the journal outcome commit together (ARCHITECTURE.md section 3).
 
 Speed (issue 5): :func:`apply` writes attendee and instance rows in batches (see its
-docstring for why the change order is kept), and :func:`load` reads Core rows and keeps a
-small bounded cache of parsed instance components and VTIMEZONEs, because the same event
-is loaded again for every REPLY and parsing its text was most of the load's CPU.
+docstring for why the change order is kept) with prebuilt Core statements, never an ORM
+flush.  :func:`load` reads the object and its instances in one joined SELECT and the
+attendees in a second, as plain rows (no ORM instances), and keeps small bounded caches
+of parsed instance components, VTIMEZONEs and property lines, because the same event is
+loaded again for every REPLY and parsing its text was most of the load's CPU.  A REPLY
+is four statements here: those two reads, one attendee UPDATE and the version bump.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from threading import Lock
-from typing import Any, cast
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.ical import Component, ICalError, Property, parse, parse_property, serialize
@@ -83,34 +86,54 @@ def _components_from(text: str) -> list[Component]:
         return []
 
 
-class _ParseCache:
-    """A bounded LRU of parsed component text, keyed by the text itself.
+def _property_from(line: str) -> list[Property]:
+    try:
+        return [parse_property(line)] if line else []
+    except ICalError:
+        return []  # a line we could store we can always read; defensive only
+
+
+class _Copyable(Protocol):
+    def copy(self) -> Self: ...
+
+
+_T = TypeVar("_T", bound=_Copyable)
+
+
+class _ParseCache(Generic[_T]):
+    """A bounded LRU of parsed iCalendar text, keyed by the text itself.
 
     Keying on the exact text (not a row id or a digest) makes a hit always correct: a
     row rewritten with new text simply misses, and two owners' copies of one event
-    share an entry.  Components are mutable and the engine may build on them, so every
-    hit hands out a deep copy (``Component.copy`` is several times cheaper than
+    share an entry.  Components and properties are mutable and the engine may build on
+    them, so every hit hands out a deep copy (``copy`` is several times cheaper than
     parsing).  Bounded by entries and by total text size so a run of huge invitations
     cannot grow the daemon (issue 5: RSS <= 150 MB, growth < 10%); the parsed objects
     take a few times the text's size, so 2 M characters of text stay under ~20 MB.
     The lock makes it safe for the store's worker threads.
     """
 
-    def __init__(self, max_entries: int = 256, max_chars: int = 2_000_000) -> None:
-        self._entries: OrderedDict[str, tuple[Component, ...]] = OrderedDict()
+    def __init__(
+        self,
+        parse_text: Callable[[str], Sequence[_T]],
+        max_entries: int = 256,
+        max_chars: int = 2_000_000,
+    ) -> None:
+        self._parse = parse_text
+        self._entries: OrderedDict[str, tuple[_T, ...]] = OrderedDict()
         self._chars = 0
         self._max_entries = max_entries
         self._max_chars = max_chars
         self._lock = Lock()
 
-    def components(self, text: str) -> list[Component]:
-        """The components of ``text`` (``[]`` if empty or unparsable), freshly copied."""
+    def parsed(self, text: str) -> list[_T]:
+        """What ``text`` parses to (``[]`` if empty or unparsable), freshly copied."""
         with self._lock:
             cached = self._entries.get(text)
             if cached is not None:
                 self._entries.move_to_end(text)
         if cached is None:
-            cached = tuple(_components_from(text))
+            cached = tuple(self._parse(text))
             if len(text) <= self._max_chars // 8:  # one huge event must not evict all
                 with self._lock:
                     if text not in self._entries:
@@ -121,59 +144,70 @@ class _ParseCache:
                         ):
                             old, _ = self._entries.popitem(last=False)
                             self._chars -= len(old)
-        return [c.copy() for c in cached]
+        return [item.copy() for item in cached]
 
 
-_PARSED = _ParseCache()
+#: Instance components and VTIMEZONEs.
+_PARSED: _ParseCache[Component] = _ParseCache(_components_from)
+#: Attendee lines and VCALENDAR-level lines: the same event's are read again on every
+#: REPLY, and parsing a line costs several times copying it.
+_LINES: _ParseCache[Property] = _ParseCache(_property_from, 4096, 1_000_000)
+_CALENDAR_PROPS: _ParseCache[Property] = _ParseCache(_props_from, 256, 500_000)
+
+# Built once (issue 5): building a statement per call costs more CPU than running it.
+_OBJECTS = cast(Table, ObjectRow.__table__)
+_UIDS_OF = select(_OBJECTS.c.id, _OBJECTS.c.uid).where(
+    _OBJECTS.c.id.in_(bindparam("ids", expanding=True))
+)
+_OUTBOX_BY_MESSAGE_ID = (
+    select(OutboxRow).where(OutboxRow.message_id == bindparam("message_id")).limit(1)
+)
 
 
 def _split_list(value: str | None) -> tuple[str, ...]:
-    return tuple(v for v in (value or "").split() if v)
+    return tuple(value.split()) if value else ()  # split() never yields empty parts
 
 
-def _header(row: ObjectRow) -> ObjectHeader:
+def _header(row: Mapping[str, Any]) -> ObjectHeader:
+    """The header from the object row's columns (see :func:`objects.object_with_instances`)."""
     return ObjectHeader(
-        owner=row.owner,
-        uid=row.uid,
-        component_type=row.component,
-        role=Role(row.role),
-        organizer=row.organizer or "",
-        organizer_sent_by=row.organizer_sent_by or "",
-        sequence=row.sequence,
-        dtstamp=row.dtstamp,
-        status=row.status or "",
-        summary=row.summary or "",
-        is_recurring=row.is_recurring,
-        calendar_props=_props_from(row.calendar_props),
-        timezones=_PARSED.components(row.timezones),
+        owner=row["owner"],
+        uid=row["uid"],
+        component_type=row["component"],
+        role=Role(row["role"]),
+        organizer=row["organizer"] or "",
+        organizer_sent_by=row["organizer_sent_by"] or "",
+        sequence=row["sequence"],
+        dtstamp=row["dtstamp"],
+        status=row["status"] or "",
+        summary=row["summary"] or "",
+        is_recurring=row["is_recurring"],
+        calendar_props=_CALENDAR_PROPS.parsed(row["calendar_props"]),
+        timezones=_PARSED.parsed(row["timezones"]),
     )
 
 
-def _instance(row: Row[Any]) -> StoredInstance:
-    """An instance from a Core row of ``instances`` (see :func:`objects.instance_records`)."""
-    comps = _PARSED.components(row.component_text)
+def _instance(row: Mapping[str, Any]) -> StoredInstance:
+    """An instance from the columns of an ``instances`` row."""
+    comps = _PARSED.parsed(row["component_text"])
     return StoredInstance(
-        key=row.instance_key,
+        key=row["instance_key"],
         component=comps[0] if comps else Component("VEVENT"),
-        sequence=row.sequence,
-        dtstamp=row.dtstamp,
-        this_and_future=row.this_and_future,
-        cancelled=row.cancelled,
-        start=row.start_utc,
-        end=row.end_utc,
-        status=row.status or "",
-        transp=row.transp or "",
+        sequence=row["sequence"],
+        dtstamp=row["dtstamp"],
+        this_and_future=row["this_and_future"],
+        cancelled=row["cancelled"],
+        start=row["start_utc"],
+        end=row["end_utc"],
+        status=row["status"] or "",
+        transp=row["transp"] or "",
     )
 
 
 def _attendee(row: Row[Any]) -> AttendeeState:
     """An attendee from a Core row of ``attendees`` (see :func:`objects.attendee_records`)."""
-    try:
-        prop = parse_property(row.property_text) if row.property_text else None
-    except ICalError:
-        prop = None
-    if prop is None:
-        prop = Property("ATTENDEE", "mailto:" + row.address)
+    parsed = _LINES.parsed(row.property_text)
+    prop = parsed[0] if parsed else Property("ATTENDEE", "mailto:" + row.address)
     return AttendeeState(
         instance_key=row.instance_key,
         address=row.address,
@@ -194,7 +228,7 @@ def _attendee(row: Row[Any]) -> AttendeeState:
     )
 
 
-def _held(row: HeldRow) -> HeldItem:
+def _held(row: Row[Any] | HeldRow) -> HeldItem:
     return HeldItem(
         id=row.id,
         kind=row.kind,
@@ -212,21 +246,22 @@ def _held(row: HeldRow) -> HeldItem:
 
 def _build(
     s: Session,
-    row: ObjectRow,
+    row: Mapping[str, Any],
+    instances: Iterable[Mapping[str, Any]],
     addresses: frozenset[str] | None,
     with_held: bool,
     *,
     remember: bool = False,
 ) -> StoredObject:
     stored = StoredObject(header=_header(row))
-    for inst in objects.instance_records(s, row.id):
-        stored.instances[inst.instance_key] = _instance(inst)
-    rows = objects.attendee_records(s, row.id, addresses, remember=remember)
+    for inst in instances:
+        stored.instances[inst["instance_key"]] = _instance(inst)
+    rows = objects.attendee_records(s, row["id"], addresses, remember=remember)
     for att in rows:
         stored.attendees[(att.instance_key, att.address)] = _attendee(att)
     stored.attendees_complete = addresses is None
     if with_held:
-        stored.held = [_held(h) for h in held.pending_for(s, row.owner, row.uid)]
+        stored.held = [_held(h) for h in held.pending_for(s, row["owner"], row["uid"])]
     return stored
 
 
@@ -245,18 +280,19 @@ def load(
     ``lock`` takes a row lock on PostgreSQL so two replicas never interleave decisions
     on one event (ARCHITECTURE.md section 3).
     """
-    row = objects.get_object(s, owner, uid, lock=lock)
-    if row is None:
+    found = objects.object_with_instances(s, owner, uid, lock=lock)
+    if found is None:
         return None, None
+    row, instances = found
     # Under the lock the attendee rows read here are still current when apply() writes,
     # so apply() may reuse them instead of reading them again (objects.put_attendees).
-    return _build(s, row, addresses, with_held, remember=lock), row.id
+    return _build(s, row, instances, addresses, with_held, remember=lock), row["id"]
 
 
 def load_by_id(s: Session, object_id: int) -> StoredObject | None:
     """Load a whole object (all attendees and held items) by row id."""
-    row = objects.get_object_by_id(s, object_id)
-    return None if row is None else _build(s, row, None, True)
+    found = objects.object_with_instances_by_id(s, object_id)
+    return None if found is None else _build(s, found[0], found[1], None, True)
 
 
 def held_items(s: Session, owner: str, uid: str) -> list[HeldItem]:
@@ -269,14 +305,13 @@ def busy_between(
 ) -> tuple[BusyPeriod, ...]:
     """The owner's busy periods overlapping [start, end)."""
     rows = busy.overlapping(s, owner, start, end, exclude_object_id=exclude_object_id)
-    uids: dict[int, str] = {}
-    out: list[BusyPeriod] = []
-    for r in rows:
-        if r.object_id not in uids:
-            obj = objects.get_object_by_id(s, r.object_id)
-            uids[r.object_id] = obj.uid if obj is not None else ""
-        out.append(BusyPeriod(r.start_utc, r.end_utc, r.fbtype, uids[r.object_id]))
-    return tuple(out)
+    if not rows:
+        return ()
+    wanted = sorted({r.object_id for r in rows})
+    uids: dict[int, str] = {r.id: r.uid for r in s.execute(_UIDS_OF, {"ids": wanted})}
+    return tuple(
+        BusyPeriod(r.start_utc, r.end_utc, r.fbtype, uids.get(r.object_id, "")) for r in rows
+    )
 
 
 # --- writing ------------------------------------------------------------------------
@@ -377,6 +412,8 @@ def apply(
     """
     batch = _Batch()
     header_written = False
+    # Created by this apply and no busy period written yet: nothing to delete.
+    busy_empty = False
     for change in changes:
         if isinstance(change, PutObject):
             h = change.header
@@ -403,6 +440,7 @@ def apply(
             object_id = new_id
             if what == "created":
                 batch.fresh = True
+                busy_empty = True
             header_written = header_written or what != "unchanged"
         elif isinstance(change, DeleteObject):
             if object_id is not None:
@@ -410,6 +448,7 @@ def apply(
                 objects.delete_object(s, object_id)
             object_id = None
             header_written = False
+            busy_empty = False
         elif isinstance(change, ResolveHeld):
             held.resolve(s, change.held_id, change.resolution, now)
         else:
@@ -436,7 +475,9 @@ def apply(
                         for p in change.periods
                         if p.end > p.start  # zero-length events block no time
                     ],
+                    new_object=busy_empty,
                 )
+                busy_empty = False
     if object_id is not None:
         batch.flush(s, object_id, now)
         if not header_written and any(
@@ -475,5 +516,4 @@ def hold(
 
 def outbox_by_message_id(s: Session, message_id: str) -> OutboxRow | None:
     """The outbox row whose sent mail had this Message-ID (for DSN mapping, RFC 3464)."""
-    stmt = select(OutboxRow).where(OutboxRow.message_id == message_id).limit(1)
-    return s.scalars(stmt).first()
+    return s.scalars(_OUTBOX_BY_MESSAGE_ID, {"message_id": message_id}).first()

@@ -43,7 +43,7 @@ from typing import Literal, Protocol
 from gateway.services.ports import FORWARD_METHOD
 from gateway.store import outbox
 from gateway.store.facade import Store
-from gateway.store.models import OutboxRow
+from gateway.store.outbox import OutboxMessage
 
 __all__ = [
     "Clock",
@@ -84,7 +84,7 @@ class MailSender(Protocol):
 class FailedDelivery:
     """A row that will not be delivered: refused with 5xx, or given up after max age."""
 
-    row: OutboxRow  # the row as claimed (a detached snapshot)
+    row: OutboxMessage  # the row as claimed (a detached snapshot)
     code: int | None
     reason: str
     expired: bool  # True: temporary failures until max_age_hours; False: a 5xx
@@ -196,7 +196,7 @@ class OutboxWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _claim(self, limit: int) -> list[OutboxRow]:
+    async def _claim(self, limit: int) -> list[OutboxMessage]:
         try:
             return await self._store.run(
                 outbox.claim_due,
@@ -210,7 +210,7 @@ class OutboxWorker:
             log.exception("could not claim outbox rows; retrying at the next poll")
             return []
 
-    def _start(self, row: OutboxRow) -> None:
+    def _start(self, row: OutboxMessage) -> None:
         task = asyncio.create_task(self._deliver(row), name=f"outbox-{row.id}")
         self._inflight.add(task)
         task.add_done_callback(self._finished)
@@ -232,7 +232,7 @@ class OutboxWorker:
 
     # -- one row ------------------------------------------------------------------------------
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, row: OutboxMessage) -> None:
         # Mail forwarded unchanged in relay mode keeps its author's envelope sender, so
         # its bounces reach the organiser; the gateway's own messages use ours, so their
         # bounces come back here and are mapped to the attendee (RFC 3464).
@@ -259,7 +259,7 @@ class OutboxWorker:
             # expires (a sent message may then go out twice; see the module docstring).
             log.exception("could not record the outcome of outbox row %d", row.id)
 
-    async def _mark_sent(self, row: OutboxRow) -> None:
+    async def _mark_sent(self, row: OutboxMessage) -> None:
         ok = await self._store.run(
             outbox.mark_sent, row.id, self._clock(), lease_owner=self.worker_id
         )
@@ -276,7 +276,7 @@ class OutboxWorker:
         else:
             self._lease_lost(row)
 
-    async def _retry_or_expire(self, row: OutboxRow, code: int | None, reason: str) -> None:
+    async def _retry_or_expire(self, row: OutboxMessage, code: int | None, reason: str) -> None:
         now = self._clock()
         deadline = row.created_at + timedelta(hours=self.options.max_age_hours)
         if now >= deadline:
@@ -311,7 +311,9 @@ class OutboxWorker:
         else:
             self._lease_lost(row)
 
-    async def _fail(self, row: OutboxRow, code: int | None, reason: str, *, expired: bool) -> None:
+    async def _fail(
+        self, row: OutboxMessage, code: int | None, reason: str, *, expired: bool
+    ) -> None:
         ok = await self._store.run(
             outbox.mark_failed, row.id, reason, self._clock(), lease_owner=self.worker_id
         )
@@ -329,7 +331,7 @@ class OutboxWorker:
         except Exception:
             log.exception("on_permanent_failure failed for outbox row %d", row.id)
 
-    def _lease_lost(self, row: OutboxRow) -> None:
+    def _lease_lost(self, row: OutboxMessage) -> None:
         log.warning(
             "outbox row %d: lease of %s was lost (expired and re-claimed elsewhere); "
             "leaving the row to its new holder",

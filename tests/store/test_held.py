@@ -68,3 +68,46 @@ def test_holding_an_overlong_uid_is_refused(store: Store, now: datetime) -> None
     with pytest.raises(FieldTooLongError, match="UID"):
         store.run_sync(_hold, now, "u" * 5000)
     assert store.read_sync(held.list_held) == []
+
+
+def test_resolving_refreshes_a_copy_the_session_holds(store: Store, now: datetime) -> None:
+    hid = store.run_sync(_hold, now)
+
+    def run(s: Session) -> tuple[str | None, object]:
+        item = held.get(s, hid)  # an ORM copy held through the Core UPDATE
+        assert item is not None
+        assert item.resolution is None
+        assert held.resolve(s, hid, "applied", now) is True
+        return item.resolution, item.resolved_at
+
+    assert store.run_sync(run) == ("applied", now)
+
+
+def test_hold_returns_what_was_stored(store: Store, now: datetime) -> None:
+    row = store.run_sync(
+        lambda s: held.hold(
+            s,
+            owner="Owner@X",
+            uid="u9",
+            kind="counter",
+            sender="Bob@Y",
+            method="counter",
+            payload="BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n",
+            now=now,
+        )
+    )
+    stored = store.read_sync(held.get, row.id)
+    assert stored is not None
+    assert (row.owner, row.sender, row.method, row.resolved_at) == (
+        "owner@x",
+        "bob@y",
+        "COUNTER",
+        None,
+    )
+    assert (stored.owner, stored.sender, stored.method, stored.kind, stored.created_at) == (
+        row.owner,
+        row.sender,
+        row.method,
+        "counter",
+        now,
+    )

@@ -350,6 +350,38 @@ def test_lock_serialises_work_on_one_object_across_connections(
         holder.rollback()
 
 
+def test_the_hot_path_load_takes_the_same_locks(pg_store: Store, now: datetime) -> None:
+    """object_with_instances(lock=True) serialises like get_object, object or not."""
+    from sqlalchemy import text
+
+    pg_store.run_sync(_create, now)
+    for uid in ("uid-1", "not-yet-created"):
+        with Session(pg_store.engine) as holder, Session(pg_store.engine) as other:
+            holder.begin()
+            objects.object_with_instances(holder, "owner@example.org", uid, lock=True)
+            other.begin()
+            other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                objects.get_object(other, "Owner@Example.org", uid, lock=True)
+            other.rollback()
+            holder.rollback()
+    # The object row itself is locked too (FOR UPDATE OF scheduling_objects), not only
+    # the advisory key: a plain row lock from elsewhere waits.
+    with Session(pg_store.engine) as holder, Session(pg_store.engine) as other:
+        holder.begin()
+        found = objects.object_with_instances(holder, "owner@example.org", "uid-1", lock=True)
+        assert found is not None
+        other.begin()
+        other.execute(text("SET LOCAL lock_timeout = '200ms'"))
+        with pytest.raises(OperationalError, match="lock timeout"):
+            other.execute(
+                text("SELECT id FROM scheduling_objects WHERE id = :id FOR UPDATE"),
+                {"id": found[0]["id"]},
+            )
+        other.rollback()
+        holder.rollback()
+
+
 def test_lock_is_released_at_commit(pg_store: Store, now: datetime) -> None:
     done = threading.Event()
     pg_store.run_sync(lambda s: objects.get_object(s, "o@x", "u", lock=True))

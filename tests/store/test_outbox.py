@@ -210,3 +210,57 @@ def test_many_concurrent_claimers_partition_the_rows(pg_store: Store, now: datet
         t.join()
     claimed = [oid for rows in results.values() for oid in rows]
     assert sorted(claimed) == sorted(ids)  # none twice, none missed
+
+
+def test_claimed_rows_are_returned_oldest_due_first_with_their_payload(
+    store: Store, now: datetime
+) -> None:
+    """A claim returns detached snapshots of the leased rows, in the order they were due."""
+    late = store.run_sync(_enqueue, now, next_attempt_at=now - timedelta(minutes=1))
+    early = store.run_sync(_enqueue, now, next_attempt_at=now - timedelta(minutes=5))
+    same_time = store.run_sync(_enqueue, now, 2, next_attempt_at=now - timedelta(minutes=3))
+    claimed = store.run_sync(outbox.claim_due, now=now, lease_owner="w", lease_seconds=60, limit=10)
+    assert [r.id for r in claimed] == [*early, *sorted(same_time), *late]
+    first = claimed[0]
+    assert isinstance(first, outbox.OutboxMessage)
+    assert (first.payload, first.method, first.recipient) == (
+        b"Subject: hi\r\n\r\n",
+        "REQUEST",
+        "r0@y",
+    )
+    assert (first.status, first.attempts, first.lease_owner) == ("sending", 1, "w")
+    assert first.created_at == now
+    assert first.sent_at is None
+
+
+def test_claim_and_conclusion_refresh_rows_the_session_already_holds(
+    store: Store, now: datetime
+) -> None:
+    [oid] = store.run_sync(_enqueue, now)
+
+    def run(s: Session) -> list[tuple[str, int]]:
+        seen = []
+        row = outbox.get(s, oid)  # an ORM copy held through the Core writes
+        assert row is not None
+        outbox.claim_due(s, now=now, lease_owner="w", lease_seconds=60, limit=1)
+        seen.append((row.status, row.attempts))
+        outbox.mark_retry(s, oid, "4.0.0 busy", now + timedelta(minutes=1), lease_owner="w")
+        seen.append((row.status, row.attempts))
+        return seen
+
+    assert store.run_sync(run) == [("sending", 1), ("pending", 1)]
+    row = store.read_sync(outbox.get, oid)
+    assert row is not None
+    assert (row.last_error, row.next_attempt_at) == ("4.0.0 busy", now + timedelta(minutes=1))
+
+
+def test_conclusions_without_a_lease_holder_apply_to_any_row(store: Store, now: datetime) -> None:
+    a, b = store.run_sync(_enqueue, now, 2)
+    assert store.run_sync(outbox.mark_failed, a, "5.1.1 unknown", now) is True
+    assert store.run_sync(outbox.mark_sent, b, now) is True
+    assert store.run_sync(outbox.mark_sent, 999_999, now) is False
+    failed, sent = store.read_sync(outbox.get, a), store.read_sync(outbox.get, b)
+    assert failed is not None
+    assert sent is not None
+    assert (failed.status, failed.last_error) == ("failed", "5.1.1 unknown")
+    assert (sent.status, sent.sent_at) == ("sent", now)

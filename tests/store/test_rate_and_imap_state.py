@@ -38,3 +38,19 @@ def test_imap_state_is_absent_until_set_then_updated(store: Store, now: datetime
         uidvalidity=UINT32_MAX, last_uid=UINT32_MAX, updated_at=later
     )
     assert store.read_sync(imap_state.get, "acct", "Archive") is None
+
+
+def test_rate_limit_of_zero_refuses_every_reply(store: Store, now: datetime) -> None:
+    assert store.run_sync(rate.hit, "bob@x", now, 3600, 0) is False
+    assert store.run_sync(rate.hit, "bob@x", now + timedelta(hours=2), 3600, 0) is False
+    # The correspondent's window is still counted from its first hit once a limit applies.
+    assert store.run_sync(rate.hit, "bob@x", now + timedelta(hours=2), 3600, 1) is True
+    assert store.run_sync(rate.hit, "bob@x", now + timedelta(hours=2), 3600, 1) is False
+
+
+def test_refused_hits_do_not_move_the_window(store: Store, now: datetime) -> None:
+    assert store.run_sync(rate.hit, "bob@x", now, 60, 1) is True
+    for seconds in (10, 30, 59):
+        assert store.run_sync(rate.hit, "bob@x", now + timedelta(seconds=seconds), 60, 1) is False
+    # The window started at the first hit, not at a refused one.
+    assert store.run_sync(rate.hit, "bob@x", now + timedelta(seconds=60), 60, 1) is True

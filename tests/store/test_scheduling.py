@@ -13,8 +13,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
 from gateway.domain.ical import Component, Property
 from gateway.domain.model import (
@@ -32,8 +34,8 @@ from gateway.domain.model import (
     Role,
     StoredInstance,
 )
-from gateway.store import Store, objects, scheduling
-from gateway.store.models import AttendeeRow, ObjectRow
+from gateway.store import Store, objects, outbox, scheduling
+from gateway.store.models import AttendeeRow, BusyRow, InstanceRow, ObjectRow
 
 OWNER = "owner@example.org"
 UID = "uid-batch"
@@ -391,3 +393,172 @@ def test_stored_rows_match_one_by_one_upserts(store: Store, now: datetime) -> No
     head = store.read_sync(lambda s: s.get(ObjectRow, oid))
     assert head is not None
     assert head.version == 1
+
+
+# --- Core hot path (issue 5): what a load read serves the apply, without ORM state ----
+
+
+def test_a_reply_is_loaded_and_applied_in_four_statements(store: Store, now: datetime) -> None:
+    """Object + instances in one SELECT, attendees in one, one attendee UPDATE, one bump."""
+    oid = _apply(store, [_header(), _instance(), _instance("K"), _attendee("a@example.net")], now)
+    assert oid is not None
+    later = now + timedelta(minutes=1)
+    with _statements(store) as seen:
+        _apply(store, [_attendee("a@example.net", partstat="ACCEPTED")], later)
+    ours = [
+        s
+        for s in seen
+        if s.split()[0] in ("SELECT", "UPDATE", "INSERT", "DELETE") and "pg_advisory" not in s
+    ]
+    assert len(ours) == 4, ours
+    assert ours[0].startswith("SELECT")
+    assert "JOIN instances" in ours[0]
+    assert not any("FROM scheduling_objects" in s for s in ours[1:])  # no second read
+    row = store.read_sync(objects.get_object_by_id, oid)
+    assert row is not None
+    assert (row.version, row.updated_at) == (2, later)
+    assert _attendees(store, oid)[("", "a@example.net")] == ("ACCEPTED", later)
+
+
+def test_a_single_attendee_update_writes_only_the_changed_columns(
+    store: Store, now: datetime
+) -> None:
+    def chair(partstat: str) -> PutAttendee:
+        att = _attendee("a@example.net", partstat=partstat).attendee
+        att.role = "CHAIR"
+        att.sent_by = "sec@example.net"
+        return PutAttendee(att)
+
+    oid = _apply(store, [_header(), _instance(), chair("NEEDS-ACTION")], now)
+    assert oid is not None
+    with _statements(store) as seen:
+        _apply(store, [chair("DECLINED")], now)
+    [write] = [s for s in seen if s.startswith("UPDATE attendees")]
+    assert "partstat" in write
+    assert "role" not in write
+    assert "sent_by" not in write
+    [row] = store.read_sync(objects.get_attendee_rows, oid)
+    assert (row.partstat, row.role, row.sent_by) == ("DECLINED", "CHAIR", "sec@example.net")
+    assert row.property_text.endswith("mailto:a@example.net")
+    assert "PARTSTAT=DECLINED" in row.property_text
+
+
+def test_load_returns_instances_in_key_order_and_an_object_without_instances(
+    store: Store, now: datetime
+) -> None:
+    oid = _apply(store, [_header()], now)
+    assert oid is not None
+    bare = store.read_sync(scheduling.load_by_id, oid)
+    assert bare is not None
+    assert bare.instances == {}
+    _apply(store, [_instance("K2"), _instance(), _instance("K1")], now)
+    stored, loaded_id = store.run_sync(lambda s: scheduling.load(s, OWNER, UID))
+    assert loaded_id == oid
+    assert stored is not None
+    assert list(stored.instances) == ["", "K1", "K2"]
+    assert stored.header.summary == "Planning"
+    assert store.read_sync(lambda s: scheduling.load(s, OWNER, "unknown")) == (None, None)
+
+
+def _concurrent_bump(s: Session) -> None:
+    """What another writer's committed change does to the row, behind the session's back.
+
+    Plain SQL on the connection: an ORM-enabled UPDATE would also refresh the session's
+    own copies, which a real concurrent writer cannot do.
+    """
+    s.connection().exec_driver_sql("UPDATE scheduling_objects SET version = version + 1")
+
+
+def test_a_version_moved_after_the_load_fails_the_apply(store: Store, now: datetime) -> None:
+    """The header snapshot keeps the ORM's optimistic check: no silent lost update."""
+    oid = _apply(store, [_header(), _instance(), _attendee("a@example.net")], now)
+    assert oid is not None
+
+    def run(s: Session, changes: Sequence[Change]) -> None:
+        _stored, object_id = scheduling.load(s, OWNER, UID)
+        _concurrent_bump(s)
+        scheduling.apply(s, OWNER, UID, object_id, changes, now)
+
+    with pytest.raises(StaleDataError):
+        store.run_sync(run, [_attendee("a@example.net", partstat="ACCEPTED")])  # touch
+    with pytest.raises(StaleDataError):
+        store.run_sync(run, [_header(summary="Renamed")])  # header UPDATE
+    row = store.read_sync(objects.get_object_by_id, oid)
+    assert row is not None
+    assert (row.summary, row.version) == ("Planning", 1)  # both rolled back
+
+
+def test_header_writes_in_one_transaction_chain_their_versions(store: Store, now: datetime) -> None:
+    oid = _apply(store, [_header(), _instance()], now)
+    assert oid is not None
+
+    def run(s: Session) -> None:
+        _stored, object_id = scheduling.load(s, OWNER, UID)
+        scheduling.apply(s, OWNER, UID, object_id, [_header(summary="One")], now)
+        scheduling.apply(s, OWNER, UID, object_id, [_instance(summary="Two")], now)
+        scheduling.apply(s, OWNER, UID, object_id, [_header(summary="Three")], now)
+
+    store.run_sync(run)
+    row = store.read_sync(objects.get_object_by_id, oid)
+    assert row is not None
+    assert (row.summary, row.version) == ("Three", 4)
+
+
+def test_a_new_object_with_busy_time_writes_no_delete(store: Store, now: datetime) -> None:
+    periods = (BusyPeriod(now, now + timedelta(hours=1), "BUSY", UID),)
+    with _statements(store) as seen:
+        oid = _apply(store, [_header(), _instance(), ReplaceBusy(periods)], now)
+    assert oid is not None
+    assert not [s for s in seen if s.startswith("DELETE")]
+    # A second ReplaceBusy in the same apply must replace, not add.
+    _apply(store, [ReplaceBusy(periods), ReplaceBusy(periods)], now)
+    found = store.read_sync(scheduling.busy_between, OWNER, now, now + timedelta(days=1))
+    assert found == (BusyPeriod(now, now + timedelta(hours=1), "BUSY", UID),)
+
+
+def test_deleting_an_object_cascades_and_keeps_its_outbox_rows(store: Store, now: datetime) -> None:
+    periods = (BusyPeriod(now, now + timedelta(hours=1), "BUSY", UID),)
+    oid = _apply(store, [_header(), _instance(), _attendee("a@x"), ReplaceBusy(periods)], now)
+    assert oid is not None
+    out_id = store.run_sync(
+        lambda s: outbox.enqueue(
+            s,
+            owner=OWNER,
+            sender=OWNER,
+            recipient="a@x",
+            method="REQUEST",
+            uid=UID,
+            payload=b"x",
+            message_id="<m@x>",
+            now=now,
+            object_id=oid,
+        )
+    )
+    assert _apply(store, [DeleteObject(OWNER, UID)], now) is None
+
+    def remaining(s: Session) -> list[int]:
+        return [
+            len(s.execute(select(t).where(t.object_id == oid)).all())
+            for t in (InstanceRow, AttendeeRow, BusyRow)
+        ]
+
+    assert store.read_sync(remaining) == [0, 0, 0]
+    assert store.read_sync(objects.get_object_by_id, oid) is None
+    sent = store.read_sync(outbox.get, out_id)
+    assert sent is not None
+    assert sent.object_id is None
+    assert store.run_sync(lambda s: objects.delete_object(s, oid)) is False
+
+
+def test_a_deletion_after_a_concurrent_change_fails(store: Store, now: datetime) -> None:
+    oid = _apply(store, [_header(), _instance()], now)
+    assert oid is not None
+
+    def run(s: Session) -> None:
+        _stored, object_id = scheduling.load(s, OWNER, UID)
+        _concurrent_bump(s)
+        scheduling.apply(s, OWNER, UID, object_id, [DeleteObject(OWNER, UID)], now)
+
+    with pytest.raises(StaleDataError):
+        store.run_sync(run)
+    assert store.read_sync(objects.get_object_by_id, oid) is not None
