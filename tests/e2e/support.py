@@ -339,6 +339,25 @@ def call_json(config: Path, *args: str, expect: int | None = 0) -> Any:
     return json.loads(out.getvalue())
 
 
+def processing_children(pid: int) -> list[int]:
+    """Live children of ``pid`` running ``serve --role processing``
+    (``gateway.processing_process``)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().split(b"\0")
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == pid and b"--role" in cmdline:
+            out.append(int(entry))
+    return out
+
+
 class Daemon:
     """``imip-gateway --config CONFIG serve`` as a subprocess (restartable)."""
 
@@ -400,8 +419,17 @@ class Daemon:
         return self._stop(signal.SIGTERM, timeout)
 
     def kill(self) -> int:
-        """SIGKILL: no drain, no cleanup, like a power loss for this process."""
+        """SIGKILL: no drain, no cleanup, like a power loss for this process.
+
+        Only ``serve`` itself: its processing process notices and drains on its own.
+        """
         return self._stop(signal.SIGKILL, 30.0)
+
+    def kill_all(self) -> int:
+        """SIGKILL ``serve`` and its processing process together (a power loss)."""
+        for child in processing_children(self.pid):
+            os.kill(child, signal.SIGKILL)
+        return self.kill()
 
     def _stop(self, signum: signal.Signals, timeout: float) -> int:
         assert self.proc is not None

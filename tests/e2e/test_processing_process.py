@@ -15,29 +15,19 @@ import time
 from typing import Any
 
 from tests.e2e.conftest import Gateway, GatewayFactory
-from tests.e2e.support import User, future, ical_time, now_stamp, smtp_send, wait_until
+from tests.e2e.support import (
+    User,
+    future,
+    ical_time,
+    now_stamp,
+    processing_children,
+    smtp_send,
+    wait_until,
+)
 from tests.services.helpers import imip_mail, vevent
 
 ORGANISER = "olga@remote.test"
 BOB = "bob@example.net"
-
-
-def _children(pid: int) -> list[int]:
-    """Live child processes of ``pid`` running ``serve --role processing``."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmdline = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid and b"--role" in cmdline:
-            out.append(int(entry))
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -87,11 +77,11 @@ def test_a_killed_processing_process_is_replaced_and_the_message_still_answered(
     assert "processing in a second process" in gw.daemon.log_since_start()
     _invite(gw, 1)
     wait_until(lambda: _replied(relay, 1), "the REPLY from the processing process")
-    (child,) = _children(gw.daemon.pid)
+    (child,) = processing_children(gw.daemon.pid)
 
     os.kill(child, signal.SIGKILL)
     wait_until(
-        lambda: [c for c in _children(gw.daemon.pid) if c != child],
+        lambda: [c for c in processing_children(gw.daemon.pid) if c != child],
         "a new processing process",
         timeout=30,
     )
@@ -108,7 +98,7 @@ def test_killing_serve_takes_the_processing_process_down_too(
 ) -> None:
     relay = relay_factory().start()
     gw = gateway_factory("gw", [User(BOB, "accept")], relay_port=relay.port)
-    (child,) = _children(gw.daemon.pid)
+    (child,) = processing_children(gw.daemon.pid)
     assert gw.daemon.kill() == -signal.SIGKILL
     # The child reads end of file on its stdin, drains and exits on its own.
     deadline = time.monotonic() + 30
@@ -128,6 +118,6 @@ def test_one_process_mode_runs_everything_in_serve(
     gw = gateway_factory(
         "gw", [User(BOB, "accept")], relay_port=relay.port, gateway={"processing_process": False}
     )
-    assert _children(gw.daemon.pid) == []
+    assert processing_children(gw.daemon.pid) == []
     _invite(gw, 4)
     wait_until(lambda: _replied(relay, 1), "the REPLY from the one process")

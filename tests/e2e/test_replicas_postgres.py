@@ -89,7 +89,7 @@ def test_when_one_replica_is_killed_the_other_finishes_its_accepted_messages(
     mails = invitations("takeover", 80)
     burst = Burst(victim.smtp_port, mails, connections=4, pause=0.02).start()
     wait_until(lambda: burst.accepted_count >= 30, "30 messages accepted", interval=0.01)
-    assert victim.daemon.kill() == -9
+    assert victim.daemon.kill_all() == -9
     accepted = list(burst.join().accepted)
     assert 30 <= len(accepted) < len(mails)
 
