@@ -16,12 +16,24 @@ Two back ends are supported:
   a second process waits on ``busy_timeout`` instead of failing with SQLITE_BUSY when a
   deferred read transaction tries to upgrade to a write.
 
+  Writers queue on a lock file (``<database>.write-lock``) before ``BEGIN IMMEDIATE``.
+  SQLite's own busy handler retries a locked database after sleeps of 1, 2, 5, 10, 15,
+  20, 25 ... ms, so with intake and processing in two processes (issue 5) a writer
+  routinely slept far longer than the transaction it waited for; the lock file is
+  polled every 50 us to 1 ms instead and taken the moment the other writer releases
+  it (after its COMMIT, when the connection goes back to the pool).  SQLite's lock
+  stays the source of truth: after ``busy_timeout`` without the lock file, BEGIN
+  IMMEDIATE is tried anyway, and a process that dies releases the file lock with it.
+
 * PostgreSQL through psycopg 3.  ``postgresql://`` and ``postgres://`` are rewritten to
   ``postgresql+psycopg://`` so a URL copied from any PostgreSQL tool works.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,6 +60,11 @@ _SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=5000",
 )
+_BUSY_TIMEOUT_SECONDS = 5.0
+# Where a connection keeps its lock file descriptor and whether it holds the lock
+# (the pool entry's ``info`` dict lives as long as the DBAPI connection).
+_LOCK_FD = "imip_write_lock_fd"
+_LOCK_HELD = "imip_write_lock_held"
 
 
 class UnsupportedDatabaseError(ValueError):
@@ -97,7 +114,7 @@ def make_engine(url: str | URL, *, pool_size: int = 5, echo: bool = False) -> En
             path.expanduser().parent.mkdir(parents=True, exist_ok=True)
             parsed = parsed.set(database=str(path.expanduser()))
         engine = create_engine(parsed, echo=echo)
-        _install_sqlite_listeners(engine)
+        _install_sqlite_listeners(engine, path)
         return engine
     return create_engine(
         parsed,
@@ -109,9 +126,36 @@ def make_engine(url: str | URL, *, pool_size: int = 5, echo: bool = False) -> En
     )
 
 
-def _install_sqlite_listeners(engine: Engine) -> None:
+def _acquire(info: dict[Any, Any]) -> None:
+    """Take the write lock file, polling finely; give up after the busy timeout."""
+    fd = info.get(_LOCK_FD)
+    if fd is None or info.get(_LOCK_HELD):
+        return
+    delay, deadline = 0.00005, time.monotonic() + _BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return  # BEGIN IMMEDIATE decides (and SQLite's busy_timeout applies)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.001)
+            continue
+        info[_LOCK_HELD] = True
+        return
+
+
+def _release(info: dict[Any, Any]) -> None:
+    fd = info.get(_LOCK_FD)
+    if fd is not None and info.pop(_LOCK_HELD, False):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _install_sqlite_listeners(engine: Engine, path: Path | None) -> None:
+    lock_path = None if path is None else f"{path.expanduser()}.write-lock"
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
         # Disable pysqlite's implicit transactions; "begin" below emits BEGIN itself.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -120,10 +164,32 @@ def _install_sqlite_listeners(engine: Engine) -> None:
                 cursor.execute(pragma)
         finally:
             cursor.close()
+        if lock_path is not None:
+            record.info[_LOCK_FD] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(SQLITE_BEGIN_OPTION, "DEFERRED")
         if mode not in ("DEFERRED", "IMMEDIATE"):  # never interpolate anything else
             mode = "DEFERRED"
-        connection.exec_driver_sql(f"BEGIN {mode}")
+        info = connection.connection.info
+        if mode == "IMMEDIATE":
+            _acquire(info)
+        try:
+            connection.exec_driver_sql(f"BEGIN {mode}")
+        except BaseException:
+            _release(info)
+            raise
+
+    # The lock is released when the connection goes back to the pool: after the COMMIT
+    # or ROLLBACK, whatever ended the unit of work (also when it failed).
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        _release(record.info)
+
+    @event.listens_for(engine, "close")
+    def _on_close(_dbapi_connection: Any, record: Any) -> None:
+        _release(record.info)
+        fd = record.info.pop(_LOCK_FD, None)
+        if fd is not None:
+            os.close(fd)

@@ -22,7 +22,7 @@ of those rows, which returns them as :class:`OutboxMessage` snapshots.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -101,7 +101,7 @@ _LEASE = (
         lease_until=bindparam("lease_until", type_=UTCDateTime()),
         attempts=_OUTBOX.c.attempts + 1,
     )
-    .returning(*_OUTBOX.c)
+    .returning(*(_OUTBOX.c[f.name] for f in fields(OutboxMessage)))
 )
 _INSERT = insert(_OUTBOX)
 

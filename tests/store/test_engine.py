@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -123,3 +128,72 @@ def test_store_accepts_a_plain_postgresql_url(migrated_pg_url: str) -> None:
         assert store.read_sync(lambda s: s.execute(text("SELECT 1")).scalar()) == 1
     finally:
         store.close()
+
+
+def _lock_file_free(path: str) -> bool:
+    """Whether another process could take the writers' lock file right now."""
+    fd = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_sqlite_writers_hold_the_lock_file_until_their_unit_of_work_ends(
+    sqlite_store: Store,
+) -> None:
+    """The fast writer queue (issue 5): held from BEGIN IMMEDIATE to the end of the
+    unit of work, released after a commit and after a failure, never taken by reads."""
+    path = sqlite_store.engine.url.database
+    assert path is not None
+
+    def probe(s: Session) -> bool:
+        s.execute(text("SELECT 1"))
+        return _lock_file_free(path)
+
+    assert sqlite_store.run_sync(probe) is False
+    assert _lock_file_free(path)  # released after the commit
+    assert sqlite_store.read_sync(probe) is True
+
+    def fail(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        raise RuntimeError("unit of work failed")
+
+    with pytest.raises(RuntimeError):
+        sqlite_store.run_sync(fail)
+    assert _lock_file_free(path)  # released after the rollback too
+
+
+def test_a_second_writer_waits_for_the_first_and_then_writes(
+    sqlite_store: Store, tmp_path: Path
+) -> None:
+    """Two stores on one file (intake and processing, each in its own process in
+    production): the second writer queues on the lock file, then proceeds after the
+    first commits, instead of failing or interleaving."""
+    url = str(sqlite_store.engine.url)
+    other = Store(url)
+    order: list[str] = []
+    holding = threading.Event()
+
+    def slow_writer(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        holding.set()
+        time.sleep(0.3)
+        order.append("first commits")
+
+    def quick_writer(s: Session) -> None:
+        s.execute(text("SELECT 1"))  # the session BEGINs (IMMEDIATE) lazily, here
+        order.append("second begins")
+
+    try:
+        thread = threading.Thread(target=sqlite_store.run_sync, args=(slow_writer,))
+        thread.start()
+        assert holding.wait(10)
+        other.run_sync(quick_writer)
+        thread.join(10)
+    finally:
+        other.close()
+    assert order == ["first commits", "second begins"]
