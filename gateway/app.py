@@ -19,9 +19,7 @@ from gateway.domain.addresses import normalise
 from gateway.domain.model import BookingRules, UserPolicy
 from gateway.services.directory import StaticDirectory
 from gateway.services.intake import JournalIntake
-from gateway.store import Store, migrate
-from gateway.transports.imap import ImapAccountOptions, ImapPoller
-from gateway.transports.smtp import ListenerOptions, SmtpListener
+from gateway.store import Store
 from gateway.workers.child import ChildProcess
 from gateway.workers.wakeup import WAKE_JOURNAL, WAKE_OUTBOX, WakeListener
 
@@ -31,6 +29,8 @@ if TYPE_CHECKING:
     # relay client, which keeps its memory ~11 MB smaller (issue 5, RSS target).
     from gateway.services.processor import Processor
     from gateway.services.runtime import GatewayServices
+    from gateway.transports.imap import ImapAccountOptions
+    from gateway.transports.smtp import ListenerOptions
     from gateway.transports.smtp_sender import RelaySender
     from gateway.workers.outbox import OutboxWorker
     from gateway.workers.processing import ProcessingWorker
@@ -85,6 +85,8 @@ def prepare_database(settings: Settings) -> None:
     would otherwise fail later, message by message.
     """
     db = settings.database
+    from gateway.store import migrate  # Alembic (~11 MB), not needed once this passed
+
     found, wanted = migrate.current(db.url), migrate.head()
     if found != wanted and db.is_sqlite and db.auto_upgrade:
         log.info("upgrading the database schema to %s (database.auto_upgrade)", wanted)
@@ -154,6 +156,8 @@ def open_services(settings: Settings) -> GatewayServices:
 
 
 def _listener_options(cfg: ListenerConfig, settings: Settings) -> ListenerOptions:
+    from gateway.transports.smtp import ListenerOptions
+
     return ListenerOptions(
         host=cfg.host,
         port=cfg.port,
@@ -234,6 +238,10 @@ def build_app(
         # status notifications for the mail we sent come back (RFC 3464).
         return directory.is_local(address) or normalise(address) == bounce_address
 
+    # Imported here: the processing process (role "processing") never listens.
+    from gateway.transports.imap import ImapPoller
+    from gateway.transports.smtp import SmtpListener
+
     listeners = settings.listeners
     if listeners.smtp.enabled:
         runnables.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
@@ -313,6 +321,8 @@ def _processing(
 
 
 def _imap_options(a: ImapAccountConfig) -> ImapAccountOptions:
+    from gateway.transports.imap import ImapAccountOptions
+
     context = ssl.create_default_context(cafile=str(a.tls_ca_file)) if a.tls_ca_file else None
     return ImapAccountOptions(
         name=a.name,

@@ -75,7 +75,10 @@ def run(ctx: Context) -> int:
         )
     settings.gateway.state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        prepare_database(settings)
+        if role != "processing":
+            # The processing process is started by a serve that just did this; skipping
+            # it keeps Alembic out of the child's memory.
+            prepare_database(settings)
     except SchemaNotCurrentError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
