@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,9 @@ def _argv(tmp_path: Path, mode: str = "") -> list[str]:
     return [sys.executable, str(script), str(tmp_path / "hints"), mode]
 
 
-async def _until(predicate: object, timeout: float = 10.0) -> None:
+async def _until(predicate: Callable[[], object], timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
