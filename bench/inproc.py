@@ -1,6 +1,7 @@
 """CPU per message of the daemon's hot path, in one process, without sockets.
 
-``python -m bench.inproc [request|reply] [-n N] [--mix typical|realistic] [--profile]``
+``python -m bench.inproc [request|reply] [-n N] [--mix typical|realistic|50|200|1000|series]
+[--profile]``
 
 Journals ``N`` bench messages exactly as the SMTP intake does (one unit of work per
 message) and then processes them exactly as the processing worker does (claims of 16,
@@ -30,11 +31,27 @@ from gateway.store import outbox
 __all__ = ["main"]
 
 
+_MIXES: dict[str, tuple[tuple[msgs.EventSpec, int], ...]] = {
+    "typical": ((msgs.EventSpec(5), 100),),
+    "realistic": msgs.REQUEST_MIX,
+    "50": ((msgs.EventSpec(50), 100),),
+    "200": ((msgs.EventSpec(200), 100),),
+    "1000": ((msgs.EventSpec(1000), 100),),
+    "series": ((msgs.EventSpec(5, overrides=10), 100),),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.inproc")
     parser.add_argument("kind", choices=("request", "reply"))
     parser.add_argument("-n", type=int, default=400)
-    parser.add_argument("--mix", choices=("typical", "realistic"), default="typical")
+    parser.add_argument(
+        "--mix",
+        choices=("typical", "realistic", "50", "200", "1000", "series"),
+        default="typical",
+        help="typical: 5 attendees; realistic: the bench mix; 50/200/1000 attendees;"
+        " series: weekly with 10 overrides",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--top", type=int, default=40)
     args = parser.parse_args(argv)
@@ -46,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         config.cli("db", "upgrade")
         now = msgs.now_utc()
         if args.kind == "request":
-            mix = msgs.REQUEST_MIX if args.mix == "realistic" else ((msgs.EventSpec(5), 100),)
+            mix = _MIXES[args.mix]
             batch = msgs.request_workload(args.n, run_id="ip", now=now, mix=mix)
         else:
             batch, events = msgs.reply_workload(args.n, run_id="ip", now=now)
