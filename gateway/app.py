@@ -7,14 +7,16 @@ values and collaborators; nothing below reads the configuration or the environme
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from gateway.config import ImapAccountConfig, ListenerConfig, Settings, UserConfig
-from gateway.daemon import Runnable
+from gateway.daemon import Gated, Runnable
 from gateway.domain.addresses import normalise
 from gateway.domain.model import BookingRules, UserPolicy
 from gateway.services.directory import StaticDirectory
@@ -43,6 +45,7 @@ __all__ = [
     "build_processor",
     "open_services",
     "prepare_database",
+    "prepare_database_in_fork",
 ]
 
 
@@ -97,6 +100,36 @@ def prepare_database(settings: Settings) -> None:
             f"the database schema is at revision {found or 'none (empty database)'},"
             f" this version needs {wanted}: run `imip-gateway db upgrade`"
         )
+
+
+def prepare_database_in_fork(settings: Settings) -> bool:
+    """:func:`prepare_database` in a forked helper process; True when it passed.
+
+    The processing process of a split daemon checks the schema before it announces
+    READY (the intake process, which then opens the listeners, never loads Alembic).
+    Alembic is ~11 MB that no code frees once imported; in a short-lived fork it
+    leaves with the helper, so neither long-running process keeps it (issue 5, RSS
+    target).  Call it before any thread or event loop exists.  The helper logs its own
+    error (stderr), exactly as :func:`prepare_database` would in-process.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the helper ends in os._exit (coverage never sees it)
+        code = 1
+        try:
+            prepare_database(settings)
+            code = 0
+        except SchemaNotCurrentError as exc:
+            log.error("%s", exc)
+        except BaseException:
+            log.exception("the database schema check failed")
+        finally:
+            # Never return into the caller's code: this is a copy of its process.
+            logging.shutdown()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def user_policy(user: UserConfig) -> UserPolicy:
@@ -195,11 +228,16 @@ def build_app(
     pollers and starts ``child_argv`` as the processing process, which wakes on
     hints over its stdin; ``"processing"`` is that child (processing and outbox
     only); ``"all"`` runs everything in one process.
+
+    In ``"intake"`` the listeners and pollers start only after the child's first
+    READY: the child checks (or upgrades) the schema before it, so no message is
+    accepted with a schema this version cannot process.
     """
     runnables: list[Runnable] = []
     closers: list[Callable[[], object]] = []
     wake_journal: Callable[[int], None]
     wake_outbox: Callable[[], None]
+    child: ChildProcess | None = None
     if role == "intake":
         child = ChildProcess(child_argv, drain_timeout=settings.gateway.shutdown_timeout_seconds)
         runnables.append(child)
@@ -243,16 +281,22 @@ def build_app(
     from gateway.transports.smtp import SmtpListener
 
     listeners = settings.listeners
+    intakes: list[Runnable] = []
     if listeners.smtp.enabled:
-        runnables.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
+        intakes.append(SmtpListener(_listener_options(listeners.smtp, settings), intake, accepts))
     if listeners.lmtp.enabled:
-        runnables.append(
+        intakes.append(
             SmtpListener(
                 _listener_options(listeners.lmtp, settings), intake, accepts, protocol="lmtp"
             )
         )
     for account in settings.imap.accounts:
-        runnables.append(ImapPoller(_imap_options(account), intake, store, clock))
+        intakes.append(ImapPoller(_imap_options(account), intake, store, clock))
+    if child is not None:
+        # Only the first READY gates (the event stays set): a later restart of a
+        # crashed child never stops intake.
+        intakes = [Gated(r, child.ready) for r in intakes]
+    runnables += intakes
     return App(settings=settings, store=store, runnables=runnables, closers=closers)
 
 

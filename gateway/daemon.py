@@ -22,7 +22,7 @@ import signal
 from collections.abc import Sequence
 from typing import Protocol
 
-__all__ = ["DaemonFailure", "Runnable", "run_daemon"]
+__all__ = ["DaemonFailure", "Gated", "Runnable", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,42 @@ class Runnable(Protocol):
     async def run(self, stopping: asyncio.Event) -> None:
         """Run until ``stopping`` is set, then stop accepting, drain and return."""
         ...
+
+
+class Gated:
+    """A runnable that starts ``runnable`` only once ``gate`` is set.
+
+    The split daemon opens its listeners only after the processing process said READY
+    (it checks the schema first), so no client gets a 250 for a message this version
+    could not process.  Shutdown before the gate opens returns without starting it.
+    """
+
+    def __init__(self, runnable: Runnable, gate: asyncio.Event) -> None:
+        self.runnable = runnable
+        self.gate = gate
+        inner = getattr(runnable, "ready", None)
+        # The daemon's "ready" line waits for the inner runnable's own readiness (its
+        # socket bound); one without any is ready once it started.
+        self.ready: asyncio.Event = inner if isinstance(inner, asyncio.Event) else asyncio.Event()
+        self._own_ready = not isinstance(inner, asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.runnable.name
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        gate = asyncio.ensure_future(self.gate.wait())
+        stop = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gate.cancel()
+            stop.cancel()
+        if stopping.is_set():
+            return
+        if self._own_ready:
+            self.ready.set()
+        await self.runnable.run(stopping)
 
 
 class DaemonFailure(Exception):

@@ -23,7 +23,8 @@ intake and processing each use a CPU core.
 On SQLite with database.auto_upgrade (the default) the schema is created or upgraded
 first, so the first run needs no extra step.  On PostgreSQL run `imip-gateway db
 upgrade` before starting the replicas; serve refuses to start (exit 1) on a schema
-that is not the newest.
+that is not the newest.  With a processing process, that process does this check
+before the listeners open; if it fails, serve exits 1 without listening.
 
 exit codes: 0 clean shutdown, 1 a component failed, 2 configuration error."""
 
@@ -57,7 +58,13 @@ def child_argv(ctx: Context) -> list[str]:
 
 
 def run(ctx: Context) -> int:
-    from gateway.app import Role, SchemaNotCurrentError, build_app, prepare_database
+    from gateway.app import (
+        Role,
+        SchemaNotCurrentError,
+        build_app,
+        prepare_database,
+        prepare_database_in_fork,
+    )
     from gateway.daemon import DaemonFailure
 
     settings = ctx.settings
@@ -74,14 +81,18 @@ def run(ctx: Context) -> int:
             "; processing in a second process" if role == "intake" else "",
         )
     settings.gateway.state_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        if role != "processing":
-            # The processing process is started by a serve that just did this; skipping
-            # it keeps Alembic out of the child's memory.
+    # The schema check: in one process, here; split, in the processing process before
+    # its READY (the intake process waits for that READY before it listens), in a
+    # forked helper so that neither process keeps Alembic (~11 MB) in memory.
+    if role == "processing":
+        if not prepare_database_in_fork(settings):
+            return EXIT_FAILURE
+    elif role == "all":
+        try:
             prepare_database(settings)
-    except SchemaNotCurrentError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILURE
+        except SchemaNotCurrentError as exc:
+            log.error("%s", exc)
+            return EXIT_FAILURE
     app = build_app(settings, role=role, child_argv=child_argv(ctx) if role == "intake" else ())
     label = "imip-gateway processing process" if role == "processing" else "imip-gateway"
 

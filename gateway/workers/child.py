@@ -11,10 +11,16 @@ The design stays as durable as one process because the two share nothing but the
 database: the journal row committed before the 250 is the queue, and the pipe to the
 child's stdin carries only wake-up hints (:mod:`gateway.workers.wakeup`).
 
-* The child dies (crash, OOM kill): its claimed rows stay leased and are processed
-  again when the lease expires; this runnable starts a new child after a back-off.
-  A child that keeps dying right after its start (e.g. it cannot open the database)
-  fails the daemon instead, so its supervisor sees it.
+* Start: the child checks (or upgrades) the database schema before it prints READY,
+  and the intake process opens its listeners only after that first READY
+  (:class:`gateway.daemon.Gated`).  A first child that exits before READY (wrong
+  schema, unreadable database) fails the daemon at once: ``serve`` exits 1 without
+  ever listening, and the child's own error is on the shared stderr.
+* The child dies later (crash, OOM kill): its claimed rows stay leased and are
+  processed again when the lease expires; this runnable starts a new child after a
+  back-off while intake goes on.  A child that keeps dying right after its start
+  (e.g. the database became unreadable) fails the daemon instead, so its supervisor
+  sees it.
 * The parent dies, even by SIGKILL: the child reads end of file on stdin, drains and
   exits (no orphan).
 * SIGTERM: the parent stops its listeners and asks the child to drain (SIGTERM, then
@@ -37,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class ChildProcessFailed(RuntimeError):
-    """The processing process keeps exiting right after it starts."""
+    """The processing process exited before its first READY, or keeps exiting."""
 
 
 class ChildProcess:
@@ -114,6 +120,18 @@ class ChildProcess:
             if stopping.is_set():
                 return
             ran = loop.time() - started
+            if not self.ready.is_set():
+                # Nothing listens yet and a restart would fail the same way (the usual
+                # cause is the schema check): stop now, with the status in the log.
+                log.error(
+                    "the processing process (pid %d) exited with status %s before it was"
+                    " ready; not starting intake (its own error is logged above)",
+                    proc.pid,
+                    code,
+                )
+                raise ChildProcessFailed(
+                    f"the processing process exited with status {code} before it was ready"
+                )
             if ran >= self.stable_after_seconds:
                 quick_failures, delay = 0, self.restart_initial_seconds
             quick_failures += 1
@@ -145,6 +163,9 @@ class ChildProcess:
         try:
             await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
             if exited.done():
+                # A READY written just before the exit still counts: read to the end.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(reader), timeout=1.0)
                 return exited.result()
             return await self._stop(proc, exited)
         finally:

@@ -3,7 +3,9 @@
 ``serve`` keeps the listeners and starts ``serve --role processing`` as its child for
 journal processing and the outbox (issue 5: one core each).  What an operator relies
 on: a killed processing process is replaced and no accepted message is lost; a killed
-``serve`` takes its child with it (no orphan writing to the database); and with
+``serve`` takes its child with it (no orphan writing to the database); the child
+checks the schema before ``serve`` listens (so ``serve`` itself never loads Alembic,
+and a wrong schema stops it with exit 1 before any 250); and with
 ``processing_process = false`` everything still works in one process.
 """
 
@@ -11,12 +13,17 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Gateway, GatewayFactory
 from tests.e2e.support import (
     User,
+    database_url_of,
     future,
     ical_time,
     now_stamp,
@@ -121,3 +128,87 @@ def test_one_process_mode_runs_everything_in_serve(
     assert processing_children(gw.daemon.pid) == []
     _invite(gw, 4)
     wait_until(lambda: _replied(relay, 1), "the REPLY from the one process")
+
+
+# Runs the real `serve` in this interpreter; once the SMTP port answers, writes which
+# schema-migration modules the intake process has loaded, then stops it with SIGTERM.
+_SERVE_AND_REPORT_MODULES = r"""
+import os, signal, socket, sys, threading, time
+from gateway.cli import main
+
+config, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+def probe():
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    loaded = [m for m in sys.modules if m == "alembic" or m.startswith("alembic.")]
+    loaded += [m for m in sys.modules if m == "gateway.store.migrate"]
+    with open(out, "w") as fh:
+        fh.write(" ".join(sorted(loaded)) or "none")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=probe, daemon=True).start()
+sys.exit(main(["--config", config, "serve"]))
+"""
+
+
+def test_the_intake_process_never_loads_alembic_its_child_prepared_the_schema(
+    gateway_factory: GatewayFactory, relay_factory: Any, tmp_path: Path
+) -> None:
+    relay = relay_factory().start()
+    # Not started: the script below is the serve (on a database that does not exist
+    # yet, so its processing process has to create the schema before intake opens).
+    gw = gateway_factory("gw", [User(BOB, "accept")], relay_port=relay.port, start=False)
+    assert gw.smtp_port is not None
+    out = tmp_path / "modules.txt"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SERVE_AND_REPORT_MODULES,
+            str(gw.config),
+            str(gw.smtp_port),
+            str(out),
+        ],
+        cwd=gw.config.parent,
+        check=False,
+        capture_output=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("IMIP_GATEWAY_")},
+    )
+    log = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 0, log
+    assert out.read_text() == "none"
+    # Intake opened only after the processing process was ready (schema checked).
+    assert log.index("the processing process (pid") < log.index("smtp listening")
+    assert "is ready" in log.split("smtp listening")[0]
+    # The schema exists and is current: the processing process created it.
+    assert gw.cli("db", "current").stdout.strip() != "none"
+
+
+def test_a_failed_schema_check_in_the_child_stops_serve_with_exit_1_before_listening(
+    gateway_factory: GatewayFactory, relay_factory: Any
+) -> None:
+    relay = relay_factory().start()
+    gw = gateway_factory("gw", [User(BOB, "accept")], relay_port=relay.port, start=False)
+    gw.cli("db", "upgrade")
+    # A database written by a newer gateway: a revision this version does not know.
+    path = database_url_of(gw.config).removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    db.close()
+
+    gw.daemon.start(wait=False)
+    assert gw.daemon.proc is not None
+    assert gw.daemon.proc.wait(60) == 1
+    log = gw.daemon.log_since_start()
+    # The child's own error, then serve's line with the child's status.
+    assert "f00dfeedbeef" in log
+    assert "exited with status 1 before it was ready" in log
+    assert "listening" not in log
+    assert "imip-gateway ready" not in log

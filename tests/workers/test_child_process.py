@@ -3,8 +3,9 @@
 The child here is a small Python program speaking the same protocol as
 ``imip-gateway serve --role processing`` (READY on stdout, hint bytes on stdin), so
 each property is shown in well under a second: hints arrive, a dead child is
-restarted, a crash loop fails the daemon, SIGTERM drains and a child that ignores it
-is killed, and a child whose parent vanished (stdin closed) stops by itself.
+restarted, a crash loop fails the daemon, a first child that dies before READY fails
+it at once, intake waits for that first READY, SIGTERM drains and a child that
+ignores it is killed, and a child whose parent vanished (stdin closed) stops by itself.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.daemon import Gated
 from gateway.workers.child import ChildProcess, ChildProcessFailed
 from gateway.workers.wakeup import READY_LINE, WAKE_JOURNAL, WAKE_OUTBOX, WakeListener
 
@@ -27,6 +29,10 @@ out = sys.argv[1]
 mode = sys.argv[2] if len(sys.argv) > 2 else ""
 if mode == "crash":
     sys.exit(3)
+if mode == "ready-then-crash":
+    sys.stdout.buffer.write(b"READY\n")
+    sys.stdout.buffer.flush()
+    sys.exit(4)
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 with open(out + ".pids", "a") as fh:
@@ -101,14 +107,66 @@ async def test_a_child_that_dies_is_restarted_and_hints_go_to_the_new_one(
 
 async def test_a_crash_loop_fails_the_daemon_instead_of_spinning(tmp_path: Path) -> None:
     child = ChildProcess(
-        _argv(tmp_path, "crash"),
+        _argv(tmp_path, "ready-then-crash"),
         drain_timeout=5,
         restart_initial_seconds=0.01,
         max_quick_failures=3,
     )
-    with pytest.raises(ChildProcessFailed, match="3 times in a row"):
+    with pytest.raises(ChildProcessFailed, match=r"3 times in a row \(last status 4\)"):
         await asyncio.wait_for(child.run(asyncio.Event()), 20)
     assert child.starts == 3
+    assert child.ready.is_set()
+
+
+async def test_a_first_child_that_exits_before_ready_fails_at_once_with_its_status(
+    tmp_path: Path,
+) -> None:
+    # Its schema check failed, say: a restart would fail the same way, and nothing
+    # listens yet, so the daemon stops instead of retrying.
+    child = ChildProcess(_argv(tmp_path, "crash"), drain_timeout=5, restart_initial_seconds=0.01)
+    with pytest.raises(ChildProcessFailed, match="exited with status 3 before it was ready"):
+        await asyncio.wait_for(child.run(asyncio.Event()), 20)
+    assert child.starts == 1
+    assert not child.ready.is_set()
+
+
+class _Recorder:
+    """A runnable that records that it ran and then waits for shutdown."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.started = False
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        self.started = True
+        await stopping.wait()
+
+
+async def test_intake_starts_only_after_the_first_ready_and_not_at_all_on_failure(
+    tmp_path: Path,
+) -> None:
+    child = ChildProcess(_argv(tmp_path), drain_timeout=5)
+    inner = _Recorder()
+    gated = Gated(inner, child.ready)
+    stopping = asyncio.Event()
+    gated_task = asyncio.create_task(gated.run(stopping))
+    await asyncio.sleep(0.1)
+    assert not inner.started
+    assert not gated.ready.is_set()
+    child_task = asyncio.create_task(child.run(stopping))
+    await asyncio.wait_for(gated.ready.wait(), 10)
+    assert inner.started
+    assert child.ready.is_set()
+    stopping.set()
+    await asyncio.wait_for(asyncio.gather(child_task, gated_task), 10)
+
+    # Shutdown (e.g. the failed child stopped the daemon) before the gate opened.
+    never = _Recorder()
+    stopped = asyncio.Event()
+    stopped.set()
+    await asyncio.wait_for(Gated(never, asyncio.Event()).run(stopped), 5)
+    assert not never.started
 
 
 async def test_shutdown_kills_a_child_that_does_not_drain_in_time(tmp_path: Path) -> None:
