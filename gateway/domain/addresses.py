@@ -15,6 +15,16 @@ _ANGLE = re.compile(r"<([^<>]+)>")
 _WS = re.compile(r"\s+")
 
 
+# Issue 5: one message normalises the same few addresses dozens of times (each
+# ATTENDEE line per instance, the owner, the organiser, SENT-BY...).  The result
+# depends on the string alone and strings are immutable, so a memo cannot leak
+# anything between messages.  Bounded in entries and key length so hostile input
+# cannot grow it: when full it is simply emptied (cheaper than LRU bookkeeping).
+_MEMO: dict[str, str] = {}
+_MEMO_MAX_ENTRIES = 4096
+_MEMO_MAX_KEY = 320  # an RFC 5321 path (256) plus "mailto:", a CN wrapper, folding
+
+
 def normalise(value: str | None) -> str:
     """Return the comparable form of a calendar-user address or mail address.
 
@@ -26,6 +36,18 @@ def normalise(value: str | None) -> str:
     """
     if not value:
         return ""
+    hit = _MEMO.get(value)
+    if hit is not None:
+        return hit
+    result = _normalise(value)
+    if len(value) <= _MEMO_MAX_KEY:
+        if len(_MEMO) >= _MEMO_MAX_ENTRIES:
+            _MEMO.clear()
+        _MEMO[value] = result
+    return result
+
+
+def _normalise(value: str) -> str:
     text = value.strip()
     match = _ANGLE.search(text)
     if match:

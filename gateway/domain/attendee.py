@@ -173,6 +173,7 @@ class _Run:
 
     def __post_init__(self) -> None:
         self.resolver = TzResolver.for_calendar(self.msg.calendar)
+        self._keys: dict[int, tuple[Component, Property | None, str]] = {}
         self.warnings.extend(self.msg.warnings)
         self.owner = normalise(self.ctx.owner.address)
         self.me = {self.owner} | {normalise(a) for a in self.ctx.owner.aliases if a}
@@ -346,10 +347,20 @@ class _Run:
 
     # -- shared pieces ----------------------------------------------------------------
     def _key_of(self, comp: Component) -> str:
+        # Asked many times per component (plan bookkeeping, replies); decoding the
+        # RECURRENCE-ID each time was measurable (issue 5).  The entry keeps ``comp``
+        # alive, so its id() cannot be reused by another component during the run.
+        # The RECURRENCE-ID line itself is part of the check: a replaced one misses.
+        rid = comp.get("RECURRENCE-ID")
+        memo = self._keys.get(id(comp))
+        if memo is not None and memo[0] is comp and memo[1] is rid:
+            return memo[2]
         try:
-            return instance_key_of(comp, self.resolver)
+            key = instance_key_of(comp, self.resolver)
         except ValueError:
-            return ""
+            key = ""
+        self._keys[id(comp)] = (comp, rid, key)
+        return key
 
     def _summary(self) -> str:
         for comp in self.msg.components:

@@ -373,16 +373,33 @@ def _ranges(
     return out
 
 
+# key_instant() results: strptime is slow and the same keys recur within and across
+# messages (issue 5).  Strings in, immutable datetimes out: nothing can leak; bounded
+# by emptying when full.
+_KEY_INSTANTS: dict[str, datetime | None] = {}
+_KEY_INSTANTS_MAX = 4096
+
+
 def key_instant(key: str) -> datetime | None:
     """The UTC instant of an instance key (floating and date keys read as UTC)."""
     if not key:
         return None
+    try:
+        return _KEY_INSTANTS[key]
+    except KeyError:
+        pass
+    found: datetime | None = None
     for fmt in ("%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S", "%Y%m%d"):
         try:
-            return datetime.strptime(key, fmt).replace(tzinfo=UTC)
+            found = datetime.strptime(key, fmt).replace(tzinfo=UTC)
+            break
         except ValueError:
             continue
-    return None
+    if len(key) <= 64:
+        if len(_KEY_INSTANTS) >= _KEY_INSTANTS_MAX:
+            _KEY_INSTANTS.clear()
+        _KEY_INSTANTS[key] = found
+    return found
 
 
 def overlapping(

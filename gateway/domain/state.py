@@ -124,20 +124,24 @@ def _addresses(values: Iterable[str]) -> tuple[str, ...]:
 
 def attendee_from_prop(prop: Property, key: str) -> AttendeeState:
     """Build the stored state of one ATTENDEE line (RFC 5545 section 3.8.4.1)."""
-    rsvp = (prop.param("RSVP") or "").upper() == "TRUE"
+    param = prop.param
+    param_list = prop.param_list
+    delegated_to = param_list("DELEGATED-TO")
+    delegated_from = param_list("DELEGATED-FROM")
+    member = param_list("MEMBER")
     return AttendeeState(
         instance_key=key,
         address=normalise(prop.value),
-        prop=prop.copy(),
-        partstat=(prop.param("PARTSTAT") or "NEEDS-ACTION").upper(),
-        role=(prop.param("ROLE") or "REQ-PARTICIPANT").upper(),
-        rsvp=rsvp,
-        cutype=(prop.param("CUTYPE") or "INDIVIDUAL").upper(),
-        delegated_to=_addresses(prop.param_list("DELEGATED-TO")),
-        delegated_from=_addresses(prop.param_list("DELEGATED-FROM")),
-        sent_by=normalise(prop.param("SENT-BY")),
-        member=_addresses(prop.param_list("MEMBER")),
-        schedule_status=prop.param("SCHEDULE-STATUS") or "",
+        prop=prop.copy(),  # copy-on-write: cheap while neither side changes it
+        partstat=(param("PARTSTAT") or "NEEDS-ACTION").upper(),
+        role=(param("ROLE") or "REQ-PARTICIPANT").upper(),
+        rsvp=(param("RSVP") or "").upper() == "TRUE",
+        cutype=(param("CUTYPE") or "INDIVIDUAL").upper(),
+        delegated_to=_addresses(delegated_to) if delegated_to else (),
+        delegated_from=_addresses(delegated_from) if delegated_from else (),
+        sent_by=normalise(param("SENT-BY")),
+        member=_addresses(member) if member else (),
+        schedule_status=param("SCHEDULE-STATUS") or "",
     )
 
 
@@ -152,10 +156,10 @@ def attendee_prop(att: AttendeeState) -> Property:
         prop.value = to_uri(att.address)
     prop.set_param("PARTSTAT", att.partstat)
     prop.set_param(
-        "ROLE", att.role if att.role != "REQ-PARTICIPANT" or "ROLE" in prop.params else None
+        "ROLE", att.role if att.role != "REQ-PARTICIPANT" or prop.has_param("ROLE") else None
     )
     prop.set_param("RSVP", "TRUE" if att.rsvp else None)
-    if att.cutype != "INDIVIDUAL" or "CUTYPE" in prop.params:
+    if att.cutype != "INDIVIDUAL" or prop.has_param("CUTYPE"):
         prop.set_param("CUTYPE", att.cutype)
     prop.set_param("DELEGATED-TO", [to_uri(a) for a in att.delegated_to] or None)
     prop.set_param("DELEGATED-FROM", [to_uri(a) for a in att.delegated_from] or None)

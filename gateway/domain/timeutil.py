@@ -75,6 +75,9 @@ def _windows_table() -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in WINDOWS_TO_OLSON.items()}
 
 
+_MAX_REMEMBERED = 4096  # decoded values per resolver (a hostile calendar is bounded)
+
+
 @dataclass
 class TzResolver:
     """Resolves TZIDs against a calendar's VTIMEZONEs; collects warnings.
@@ -86,6 +89,13 @@ class TzResolver:
     vtimezones: dict[str, Component] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     _cache: dict[str, tzinfo] = field(default_factory=dict)
+    # Decoded values by (text, TZID, VALUE): one message decodes the same DTSTART and
+    # RECURRENCE-ID texts dozens of times (issue 5).  Values are immutable and the
+    # zone of a TZID is fixed by ``_cache`` at its first use, so a remembered value is
+    # exactly what decoding again would give.  Per resolver, i.e. per message.
+    _values: dict[tuple[str, str | None, str | None], TimeValue] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @classmethod
     def for_calendar(cls, calendar: Component) -> TzResolver:
@@ -118,6 +128,16 @@ class TzResolver:
         return self.parse(prop.value, prop.param("TZID"), prop.param("VALUE"))
 
     def parse(self, text: str, tzid: str | None = None, value_type: str | None = None) -> TimeValue:
+        memo_key = (text, tzid, value_type)
+        known = self._values.get(memo_key)
+        if known is not None:
+            return known
+        value = self._decode(text, tzid, value_type)
+        if len(self._values) < _MAX_REMEMBERED:
+            self._values[memo_key] = value
+        return value
+
+    def _decode(self, text: str, tzid: str | None, value_type: str | None) -> TimeValue:
         raw = text.strip()
         m = _DATETIME.match(raw)
         if m and (value_type or "DATE-TIME").upper() != "DATE":

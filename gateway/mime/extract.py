@@ -418,18 +418,57 @@ class _State:
     has_report: bool = False  # a multipart/report or delivery-status part was seen
 
 
-def _filename(part: Message) -> str | None:
+# Issue 5: a calendar part's Content-Type parameters were parsed twice (for its file
+# name and for charset/method).  They are parsed once here; when parsing raises, the
+# exception is kept and raised again exactly where the former code raised it.
+_PARAM_ERRORS = (ValueError, LookupError, TypeError)  # what _filename() swallows
+_ABSENT = object()
+
+
+def _content_type_params(part: Message) -> object:
+    """``part.get_params()`` (a list, or None without Content-Type), or the exception."""
     try:
-        name = part.get_filename()
-    except (ValueError, LookupError, TypeError):
+        return part.get_params()
+    except Exception as exc:  # re-raised by _filename/_params where it used to surface
+        return exc
+
+
+def _first_param(params: object, name: str) -> object:
+    """``Message.get_param(name)`` over an already parsed parameter list."""
+    if isinstance(params, list):
+        for key, value in params:
+            if key.lower() == name:
+                return value
+    return _ABSENT
+
+
+def _filename(part: Message, ct_params: object) -> str | None:
+    """``part.get_filename()`` (decoded), reusing the parsed Content-Type parameters.
+
+    The email package's steps: the Content-Disposition ``filename``, else the
+    Content-Type ``name``, RFC 2231-collapsed and stripped; unreadable means None.
+    """
+    try:
+        raw = _first_param(part.get_params(header="content-disposition"), "filename")
+        if raw is _ABSENT:
+            if isinstance(ct_params, BaseException):
+                raise ct_params
+            raw = _first_param(ct_params, "name")
+        if raw is _ABSENT:
+            return None
+        name = collapse_rfc2231_value(raw).strip()  # type: ignore[arg-type]
+    except _PARAM_ERRORS:
         return None
     return hdr.decode_value(name) if name else None
 
 
-def _params(part: Message) -> dict[str, str]:
-    """Content-Type parameters, parsed once (``get_param`` re-parses on every call)."""
+def _params(part: Message, ct_params: object) -> dict[str, str]:
+    """Content-Type parameters by lower-case name (first wins), RFC 2231-collapsed."""
+    if isinstance(ct_params, BaseException):
+        raise ct_params
     out: dict[str, str] = {}
-    for key, value in part.get_params() or []:
+    items: list[tuple[str, str]] = ct_params if isinstance(ct_params, list) else []
+    for key, value in items:
         # typeshed says str, but RFC 2231 values arrive as (charset, language, text).
         raw: object = value
         text = collapse_rfc2231_value(raw) if isinstance(raw, tuple) else raw
@@ -453,7 +492,8 @@ def _leaf(part: Message, ctype: str, where: str, state: _State) -> None:
     known_type = ctype in _CALENDAR_TYPES or ctype in _TNEF_TYPES
     if not known_type and not _may_name_calendar(part):
         return
-    filename = _filename(part)
+    ct_params = _content_type_params(part)
+    filename = _filename(part, ct_params)
     lname = (filename or "").lower()
     notes: list[str] = []
     is_tnef = ctype in _TNEF_TYPES or lname == "winmail.dat"
@@ -482,7 +522,7 @@ def _leaf(part: Message, ctype: str, where: str, state: _State) -> None:
         )
         return
 
-    params = _params(part)
+    params = _params(part, ct_params)
     raw_method = params.get("method")
     mime_method = (
         hdr.decode_value(raw_method).upper() or None if isinstance(raw_method, str) else None
