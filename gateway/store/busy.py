@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
 from gateway.store.models import BusyRow
+from gateway.store.raw import Prepared
 from gateway.store.types import UTCDateTime
 
 __all__ = ["BusyPeriod", "overlapping", "replace_periods"]
@@ -40,8 +41,8 @@ class BusyPeriod:
 # call costs more CPU than running it on SQLite, and an ORM-enabled DELETE/INSERT adds
 # the session synchronisation and bulk-persistence machinery that plain Core skips.
 _BUSY = cast(Table, BusyRow.__table__)
-_DELETE_PERIODS = delete(_BUSY).where(_BUSY.c.object_id == bindparam("object_id"))
-_INSERT_PERIODS = insert(_BUSY)
+_DELETE_PERIODS = Prepared(delete(_BUSY).where(_BUSY.c.object_id == bindparam("object_id")))
+_INSERT_PERIODS = Prepared(insert(_BUSY))
 
 
 def _overlapping_query(excluding: bool) -> Select[Any]:
@@ -73,7 +74,7 @@ def replace_periods(
     skips the DELETE.
     """
     if not new_object:
-        s.execute(_DELETE_PERIODS, {"object_id": object_id})
+        _DELETE_PERIODS.execute(s, {"object_id": object_id})
     key = normalise(owner)
     rows = [
         {
@@ -87,7 +88,7 @@ def replace_periods(
     ]
     if rows:
         # One executemany instead of one ORM flush per occurrence.
-        s.execute(_INSERT_PERIODS, rows)
+        _INSERT_PERIODS.execute_many(s, rows)
     if s.identity_map:
         # ORM copies of the replaced rows (a caller's earlier query) must not outlive them.
         for obj in list(s.identity_map.values()):

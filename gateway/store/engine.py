@@ -40,6 +40,8 @@ from typing import Any, Literal
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, Connection, make_url
 
+from gateway.store.raw import execute_driver_sql
+
 __all__ = [
     "SQLITE_BEGIN_OPTION",
     "Backend",
@@ -115,14 +117,46 @@ def make_engine(url: str | URL, *, pool_size: int = 5, echo: bool = False) -> En
             parsed = parsed.set(database=str(path.expanduser()))
         engine = create_engine(parsed, echo=echo)
         _install_sqlite_listeners(engine, path)
+        _direct_savepoints(engine)
         return engine
-    return create_engine(
+    engine = create_engine(
         parsed,
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
         # A replica outliving a PostgreSQL restart must not hand out dead connections.
         pool_pre_ping=True,
+    )
+    _direct_savepoints(engine)
+    return engine
+
+
+def _direct_savepoints(engine: Engine) -> None:
+    """Emit SAVEPOINT / RELEASE / ROLLBACK TO straight on the DB-API cursor.
+
+    Processing runs every message in its own SAVEPOINT (group commit), and SQLAlchemy
+    compiles a fresh clause for each of these statements (the name varies, so they are
+    not cached): about 25 us each against 1 us for SQLite.  The SQL is the same as
+    SQLAlchemy's, and the Session's nested-transaction bookkeeping is untouched (it calls
+    these dialect hooks).  Only this engine's dialect instance is changed.
+    """
+    dialect = engine.dialect
+    quote = dialect.identifier_preparer.quote
+
+    def do_savepoint(connection: Connection, name: str) -> None:
+        execute_driver_sql(connection, f"SAVEPOINT {quote(name)}")
+
+    def do_release_savepoint(connection: Connection, name: str) -> None:
+        execute_driver_sql(connection, f"RELEASE SAVEPOINT {quote(name)}")
+
+    def do_rollback_to_savepoint(connection: Connection, name: str) -> None:
+        execute_driver_sql(connection, f"ROLLBACK TO SAVEPOINT {quote(name)}")
+
+    # Instance attributes shadow the class's methods for this dialect object only.
+    vars(dialect).update(
+        do_savepoint=do_savepoint,
+        do_release_savepoint=do_release_savepoint,
+        do_rollback_to_savepoint=do_rollback_to_savepoint,
     )
 
 
@@ -176,7 +210,7 @@ def _install_sqlite_listeners(engine: Engine, path: Path | None) -> None:
         if mode == "IMMEDIATE":
             _acquire(info)
         try:
-            connection.exec_driver_sql(f"BEGIN {mode}")
+            execute_driver_sql(connection, f"BEGIN {mode}")
         except BaseException:
             _release(info)
             raise

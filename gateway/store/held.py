@@ -18,9 +18,18 @@ from sqlalchemy.orm import Session
 from gateway.domain.addresses import normalise
 from gateway.store.limits import check_key
 from gateway.store.models import HeldRow
+from gateway.store.raw import Prepared
 from gateway.store.types import UTCDateTime
 
-__all__ = ["HeldKind", "get", "hold", "list_held", "pending_for", "resolve"]
+__all__ = [
+    "HeldKind",
+    "get",
+    "hold",
+    "list_held",
+    "pending_for",
+    "pending_records",
+    "resolve",
+]
 
 HeldKind = Literal[
     "early-cancel",
@@ -44,6 +53,8 @@ _PENDING_FOR = (
     )
     .order_by(_HELD.c.created_at, _HELD.c.id)
 )
+# The same query on the raw path (gateway.store.raw), for the per-REQUEST check.
+_PENDING_RECORDS = Prepared(_PENDING_FOR)
 _INSERT = insert(_HELD)
 _RESOLVE = (
     update(_HELD)
@@ -104,6 +115,11 @@ def pending_for(s: Session, owner: str, uid: str) -> Sequence[Row[Any]]:
     Plain rows with the columns of :class:`~gateway.store.models.HeldRow` as attributes.
     """
     return s.execute(_PENDING_FOR, {"owner": normalise(owner), "uid": uid}).all()
+
+
+def pending_records(s: Session, owner: str, uid: str) -> list[dict[str, Any]]:
+    """Like :func:`pending_for`, as dicts keyed by column name (the hot path's form)."""
+    return _PENDING_RECORDS.mappings(s, {"owner": normalise(owner), "uid": uid})
 
 
 def resolve(s: Session, held_id: int, resolution: str, now: datetime) -> bool:

@@ -13,9 +13,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
-from sqlalchemy import Insert, Row, Table, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Insert, Table, and_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -23,6 +23,7 @@ from gateway.domain.addresses import normalise
 from gateway.domain.model import Outcome
 from gateway.store.limits import clip
 from gateway.store.models import JournalOutcomeRow, JournalRow
+from gateway.store.raw import Prepared
 from gateway.store.types import UTCDateTime
 
 __all__ = [
@@ -108,7 +109,7 @@ def _insert_if_unseen(dialect: str, *, without_id: bool) -> Insert:
 
 
 _INSERT_IF_UNSEEN = {
-    (dialect, without_id): _insert_if_unseen(dialect, without_id=without_id)
+    (dialect, without_id): Prepared(_insert_if_unseen(dialect, without_id=without_id))
     for dialect in ("postgresql", "sqlite")
     for without_id in (False, True)
 }
@@ -120,7 +121,7 @@ _INSERT = {
     .on_conflict_do_nothing(index_elements=["sha256", "message_id", "recipients_key"])
     .returning(_JOURNAL.c.id),
 }
-_FINISH = (
+_FINISH = Prepared(
     update(_JOURNAL)
     .where(_JOURNAL.c.id == bindparam("p_id"))
     .values(
@@ -131,7 +132,7 @@ _FINISH = (
         lease_until=None,
     )
 )
-_ADD_OUTCOME = insert(_OUTCOMES_TABLE).returning(_OUTCOMES_TABLE.c.id)
+_ADD_OUTCOME = Prepared(insert(_OUTCOMES_TABLE).returning(_OUTCOMES_TABLE.c.id))
 # What processing reads of a row, and nothing else: ``Session.get`` would build and
 # track an ORM instance (identity map, attribute instrumentation), about 5x the CPU of
 # the SELECT itself.  FOR UPDATE is kept (SQLAlchemy leaves it out on SQLite, where the
@@ -145,11 +146,13 @@ _LOCKED_COLUMNS = (
     _JOURNAL.c.raw,
     _JOURNAL.c.attempts,
 )
-_LOCK = select(*_LOCKED_COLUMNS).where(_JOURNAL.c.id == bindparam("p_id")).with_for_update()
+_LOCK = Prepared(
+    select(*_LOCKED_COLUMNS).where(_JOURNAL.c.id == bindparam("p_id")).with_for_update()
+)
 # Taking a pending row is one statement: the UPDATE locks the row like FOR UPDATE does,
 # and on PostgreSQL a concurrent taker that committed first makes the WHERE re-check
 # see ``status <> 'pending'`` (READ COMMITTED re-evaluation), so nothing is returned.
-_TAKE = (
+_TAKE = Prepared(
     update(_JOURNAL)
     .where(_JOURNAL.c.id == bindparam("p_id"), _JOURNAL.c.status == "pending")
     .values(attempts=_JOURNAL.c.attempts + 1)
@@ -240,7 +243,7 @@ def record_inbound(
         "attempts": 0,
     }
     unseen = _INSERT_IF_UNSEEN[conn.dialect.name, message_id is None]
-    new_id = conn.execute(unseen, values).scalar()
+    new_id = unseen.scalar(s, values)
     if new_id is not None:
         # A detached snapshot of what was written: reloading the row (raw bytes
         # included) would cost another round trip for values the caller already has.
@@ -291,9 +294,7 @@ class LockedMessage:
     attempts: int
 
 
-def _locked(
-    row: Row[int, str, str, str | None, list[str], bytes, int] | None,
-) -> LockedMessage | None:
+def _locked(row: tuple[Any, ...] | None) -> LockedMessage | None:
     if row is None:
         return None
     jid, source, status, envelope_from, envelope_to, raw, attempts = row
@@ -308,7 +309,7 @@ def lock_row(s: Session, journal_id: int) -> LockedMessage | None:
     If a worker's lease expired while it worked and another claimed the row, one of
     them waits here and then sees ``done``: a decision is applied once.
     """
-    return _locked(s.connection().execute(_LOCK, {"p_id": journal_id}).first())
+    return _locked(_LOCK.first(s, {"p_id": journal_id}))
 
 
 def take_pending(s: Session, journal_id: int) -> LockedMessage | None:
@@ -317,7 +318,7 @@ def take_pending(s: Session, journal_id: int) -> LockedMessage | None:
     For processing a message at once (``imip-gateway ingest``) without a separate claim.
     The snapshot returned shows the attempt just counted.
     """
-    return _locked(s.connection().execute(_TAKE, {"p_id": journal_id}).first())
+    return _locked(_TAKE.first(s, {"p_id": journal_id}))
 
 
 def record_failure(
@@ -391,8 +392,8 @@ def finish(
     now: datetime,
 ) -> None:
     """Record the final status of a message and release its lease."""
-    s.connection().execute(
-        _FINISH,
+    _FINISH.execute(
+        s,
         {
             "p_id": journal_id,
             "p_status": status,
@@ -430,7 +431,7 @@ def add_outcome(
         "reason": reason,
         "created_at": now,
     }
-    return int(s.connection().execute(_ADD_OUTCOME, values).scalar_one())
+    return int(_ADD_OUTCOME.scalar(s, values))
 
 
 @dataclass(frozen=True, slots=True)

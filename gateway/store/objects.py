@@ -14,12 +14,13 @@ Hot path (issue 5): writing a decision used to cost a SELECT + INSERT/UPDATE + O
 per attendee and instance.  :func:`put_attendees` and :func:`put_instances` write many rows
 with one SELECT (none for a new object) and one executemany INSERT and UPDATE each, and
 skip rows whose values did not change.  Object-header writes (:func:`put_object`,
-:func:`touch_object`) are single Core UPDATEs built once at import with ``bindparam`` (so
-SQLAlchemy's compiled cache hits); they keep the ``version`` check of the ORM's
+:func:`touch_object`) are single Core UPDATEs built once at import with ``bindparam`` and
+run on the raw path (:mod:`gateway.store.raw`: compiled once, executed on the
+transaction's DB-API cursor); they keep the ``version`` check of the ORM's
 ``version_id_col`` and copy the new values into an ORM row already loaded in the session,
 so that row never becomes stale.  Readers for :mod:`~gateway.store.scheduling`
-(:func:`object_with_instances`, :func:`attendee_records`) return Core rows or plain
-mappings: no identity map, no ORM state, which matters when a 1000-attendee object is
+(:func:`object_with_instances`, :func:`attendee_records`) return plain dicts by column
+name: no identity map, no ORM state, which matters when a 1000-attendee object is
 loaded; the object row and its instances come in one joined SELECT.  The load leaves the
 object row in ``Session.info`` (the "header snapshot", see below), so the
 :func:`put_object` / :func:`touch_object` of the same decision know the current values
@@ -39,7 +40,6 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
-    Update,
     bindparam,
     delete,
     func,
@@ -54,6 +54,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from gateway.domain.addresses import normalise
 from gateway.store.limits import check_key
 from gateway.store.models import AttendeeRow, BusyRow, InstanceRow, ObjectRow
+from gateway.store.raw import Prepared
 
 __all__ = [
     "AttendeeFields",
@@ -183,7 +184,7 @@ _ATTENDEE_QUERIES = {
     for by_instance in (False, True)
     for by_address in (False, True)
 }
-_ADVISORY_LOCK = select(func.pg_advisory_xact_lock(bindparam("key")))
+_ADVISORY_LOCK = Prepared(select(func.pg_advisory_xact_lock(bindparam("key"))))
 
 # --- Core statements of the write path, built once (see the module docstring) -------
 
@@ -213,22 +214,23 @@ _OBJECT_DEFAULTS = _column_defaults(_OBJECTS, _OBJECT_FIELDS)
 _INSTANCE_DEFAULTS = _column_defaults(_INSTANCES_T, _INSTANCE_FIELDS)
 _ATTENDEE_DEFAULTS = _column_defaults(_ATTENDEES_T, _ATTENDEE_FIELDS)
 
-_INSERT_OBJECT = insert(_OBJECTS)
+# Raw statements (gateway.store.raw) return the new id by RETURNING, not inserted_primary_key.
+_INSERT_OBJECT = Prepared(insert(_OBJECTS).returning(_OBJECTS.c.id))
 # Every header write goes through this one statement: the ``version = :b_version`` guard
 # is what the ORM's version_id_col would add (StaleDataError when another writer won).
-_UPDATE_OBJECT = (
+_UPDATE_OBJECT = Prepared(
     update(_OBJECTS)
     .where(_OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version"))
     .values({name: bindparam(f"v_{name}") for name in (*_OBJECT_FIELDS, "updated_at")})
     .values(version=bindparam("v_version"))
 )
-_TOUCH_OBJECT = (
+_TOUCH_OBJECT = Prepared(
     update(_OBJECTS)
     .where(_OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version"))
     .values(updated_at=bindparam("v_updated_at"), version=bindparam("v_version"))
 )
 # For an object not loaded in this session there is no read version to compare with.
-_TOUCH_OBJECT_BY_ID = (
+_TOUCH_OBJECT_BY_ID = Prepared(
     update(_OBJECTS)
     .where(_OBJECTS.c.id == bindparam("b_id"))
     .values(updated_at=bindparam("v_updated_at"), version=_OBJECTS.c.version + 1)
@@ -258,9 +260,9 @@ def _with_instances(*where: ColumnElement[bool], lock: bool = False) -> Select[A
 
 
 _BY_KEY = (_OBJECTS.c.owner == bindparam("owner"), _OBJECTS.c.uid == bindparam("uid"))
-_OBJECT_WITH_INSTANCES = _with_instances(*_BY_KEY)
-_OBJECT_WITH_INSTANCES_LOCKED = _with_instances(*_BY_KEY, lock=True)
-_OBJECT_WITH_INSTANCES_BY_ID = _with_instances(_OBJECTS.c.id == bindparam("object_id"))
+_OBJECT_WITH_INSTANCES = Prepared(_with_instances(*_BY_KEY))
+_OBJECT_WITH_INSTANCES_LOCKED = Prepared(_with_instances(*_BY_KEY, lock=True))
+_OBJECT_WITH_INSTANCES_BY_ID = Prepared(_with_instances(_OBJECTS.c.id == bindparam("object_id")))
 # The ORM's version_id_col also guards a DELETE (StaleDataError when 0 rows matched).
 _DELETE_OBJECT = delete(_OBJECTS).where(
     _OBJECTS.c.id == bindparam("b_id"), _OBJECTS.c.version == bindparam("b_version")
@@ -277,8 +279,8 @@ _EXISTING_INSTANCES = select(
     _INSTANCES_T.c.object_id == bindparam("object_id"),
     _INSTANCES_T.c.instance_key.in_(bindparam("keys", expanding=True)),
 )
-_INSERT_INSTANCES = insert(_INSTANCES_T)
-_UPDATE_INSTANCE = (
+_INSERT_INSTANCES = Prepared(insert(_INSTANCES_T))
+_UPDATE_INSTANCE = Prepared(
     update(_INSTANCES_T)
     .where(_INSTANCES_T.c.id == bindparam("b_id"))
     .values({name: bindparam(f"v_{name}") for name in _INSTANCE_FIELDS})
@@ -306,6 +308,8 @@ def _attendee_records_query(by_address: Literal["all", "one", "many"]) -> Select
 
 
 _ATTENDEE_RECORDS = {flag: _attendee_records_query(flag) for flag in ("all", "one", "many")}
+# The two without an expanding IN run on the raw path (gateway.store.raw).
+_ATTENDEE_RECORDS_RAW = {flag: Prepared(_ATTENDEE_RECORDS[flag]) for flag in ("all", "one")}
 # Existing rows of the (instance_key, address) pairs a batch writes: the superset
 # "these instances x these addresses" through the unique index, filtered in Python
 # (portable; tuple IN with expanding parameters is not).
@@ -323,23 +327,23 @@ _EXISTING_ATTENDEES_OF_INSTANCES = select(
     _ATTENDEES_T.c.object_id == bindparam("object_id"),
     _ATTENDEES_T.c.instance_key.in_(bindparam("keys", expanding=True)),
 )
-_INSERT_ATTENDEES = insert(_ATTENDEES_T)
-_UPDATE_ATTENDEE = (
+_INSERT_ATTENDEES = Prepared(insert(_ATTENDEES_T))
+_UPDATE_ATTENDEE = Prepared(
     update(_ATTENDEES_T)
     .where(_ATTENDEES_T.c.id == bindparam("b_id"))
     .values({name: bindparam(f"v_{name}") for name in (*_ATTENDEE_FIELDS, "updated_at")})
 )
 # Single-row UPDATEs of just the changed columns, built once per column set (a REPLY
 # changes the same few columns every time); bounded against unusual combinations.
-_ATTENDEE_UPDATES: dict[tuple[str, ...], Update] = {}
+_ATTENDEE_UPDATES: dict[tuple[str, ...], Prepared] = {}
 _MAX_ATTENDEE_UPDATES = 64
 
 
-def _attendee_update(columns: tuple[str, ...]) -> Update:
+def _attendee_update(columns: tuple[str, ...]) -> Prepared:
     stmt = _ATTENDEE_UPDATES.get(columns)
     if stmt is None:
         names = (*columns, "updated_at")
-        stmt = (
+        stmt = Prepared(
             update(_ATTENDEES_T)
             .where(_ATTENDEES_T.c.id == bindparam("b_id"))
             .values({name: bindparam(f"v_{name}") for name in names})
@@ -356,9 +360,9 @@ _DELETE_ATTENDEE = delete(_ATTENDEES_T).where(
 )
 
 
-def _execute_rows(s: Session, stmt: Any, rows: list[dict[str, object]]) -> None:
+def _execute_rows(s: Session, stmt: Prepared, rows: list[dict[str, object]]) -> None:
     """Run ``stmt`` for ``rows``: executemany, or a plain execute for one row (cheaper)."""
-    s.execute(stmt, rows[0] if len(rows) == 1 else rows)
+    stmt.execute_many(s, rows)
 
 
 def lock_key(owner: str, uid: str) -> int:
@@ -450,7 +454,7 @@ def _lock(s: Session, owner_key: str, uid: str) -> bool:
     """Take the (owner, UID) advisory lock on PostgreSQL; True if the row must be locked."""
     if _dialect(s) != "postgresql":
         return False
-    s.execute(_ADVISORY_LOCK, {"key": lock_key(owner_key, uid)})
+    _ADVISORY_LOCK.rows(s, {"key": lock_key(owner_key, uid)})
     return True
 
 
@@ -482,13 +486,11 @@ def object_record_by_id(s: Session, object_id: int) -> Row[Any] | None:
     return row
 
 
-def _split_joined(rows: Sequence[Row[Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    first = rows[0]._mapping
+def _split_joined(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    first = rows[0]
     header = {name: first[name] for name in _OBJECT_COLUMNS}
     instances = [
-        {name: m[f"i_{name}"] for name in _INSTANCE_COLUMNS}
-        for m in (row._mapping for row in rows)
-        if m["i_id"] is not None
+        {name: m[f"i_{name}"] for name in _INSTANCE_COLUMNS} for m in rows if m["i_id"] is not None
     ]
     return header, instances
 
@@ -507,9 +509,9 @@ def object_with_instances(
         # snapshot is taken after any wait for it (READ COMMITTED): it sees what the
         # previous holder committed.  Every writer of an object holds that lock, so the
         # row lock never waits and the joined instance rows are as current as the row.
-        rows = s.execute(_OBJECT_WITH_INSTANCES_LOCKED, params).all()
+        rows = _OBJECT_WITH_INSTANCES_LOCKED.mappings(s, params)
     else:
-        rows = s.execute(_OBJECT_WITH_INSTANCES, params).all()
+        rows = _OBJECT_WITH_INSTANCES.mappings(s, params)
     if not rows:
         if lock:
             _remember(s, _ABSENT_OBJECT, (params["owner"], uid), True)
@@ -523,7 +525,7 @@ def object_with_instances_by_id(
     s: Session, object_id: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """Like :func:`object_with_instances`, by primary key (no lock)."""
-    rows = s.execute(_OBJECT_WITH_INSTANCES_BY_ID, {"object_id": object_id}).all()
+    rows = _OBJECT_WITH_INSTANCES_BY_ID.mappings(s, {"object_id": object_id})
     if not rows:
         return None
     header, instances = _split_joined(rows)
@@ -607,7 +609,7 @@ def _update_header(
     params: dict[str, object] = {f"v_{name}": value for name, value in fields.items()}
     params["b_id"] = object_id
     params["b_version"] = old_version
-    if s.execute(_UPDATE_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+    if _UPDATE_OBJECT.execute(s, params) != 1:
         _drop_header_snapshot(s)
         raise StaleDataError(f"object {object_id} changed since version {old_version} was read")
 
@@ -672,8 +674,7 @@ def put_object(
     new = dict(_OBJECT_DEFAULTS)
     new.update(values)
     new.update(owner=owner_key, uid=uid, created_at=now, updated_at=now, version=1)
-    result = s.execute(_INSERT_OBJECT, new)
-    new_id = int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    new_id = int(_INSERT_OBJECT.scalar(s, new))
     new["id"] = new_id
     _remember_header(s, new)
     return new_id, "created"
@@ -711,7 +712,7 @@ def touch_object(s: Session, row: ObjectRow | int, now: datetime) -> None:
         current = _header_snapshot(s, object_id)
         if current is None:
             _drop_header_snapshot(s)
-            s.execute(_TOUCH_OBJECT_BY_ID, {"b_id": object_id, "v_updated_at": now})
+            _TOUCH_OBJECT_BY_ID.execute(s, {"b_id": object_id, "v_updated_at": now})
             return
         _bump(s, object_id, current["version"], now)
         _remember_header(s, {**current, "updated_at": now, "version": current["version"] + 1})
@@ -736,7 +737,7 @@ def _bump(s: Session, object_id: int, old_version: int, now: datetime) -> None:
         "v_updated_at": now,
         "v_version": old_version + 1,
     }
-    if s.execute(_TOUCH_OBJECT, params).rowcount != 1:  # type: ignore[attr-defined]
+    if _TOUCH_OBJECT.execute(s, params) != 1:
         _drop_header_snapshot(s)
         raise StaleDataError(f"object {object_id} changed since version {old_version} was read")
 
@@ -887,8 +888,8 @@ def attendee_records(
     addresses: Iterable[str] | None = None,
     *,
     remember: bool = False,
-) -> Sequence[Row[Any]]:
-    """Like :func:`get_attendee_rows` (all instances) but plain Core rows, no ORM state.
+) -> list[dict[str, Any]]:
+    """Like :func:`get_attendee_rows` (all instances) but dicts by column name, no ORM state.
 
     ``remember=True`` (only after :func:`object_record` with ``lock=True``) keeps the rows
     for the :func:`put_attendees` of the same transaction, which then needs no SELECT.
@@ -900,16 +901,16 @@ def attendee_records(
         if not covered:
             return []
         params["addresses"] = sorted(covered)
+    rows: list[dict[str, Any]]
     if covered is None:
-        stmt = _ATTENDEE_RECORDS["all"]
+        rows = _ATTENDEE_RECORDS_RAW["all"].mappings(s, params)
     elif len(covered) == 1:
-        stmt = _ATTENDEE_RECORDS["one"]
         params = {"object_id": object_id, "address": next(iter(covered))}
+        rows = _ATTENDEE_RECORDS_RAW["one"].mappings(s, params)
     else:
-        stmt = _ATTENDEE_RECORDS["many"]
-    rows = s.execute(stmt, params).all()
+        rows = [dict(r._mapping) for r in s.execute(_ATTENDEE_RECORDS["many"], params)]
     if remember:
-        by_key = {(r.instance_key, r.address): r for r in rows}
+        by_key = {(r["instance_key"], r["address"]): r for r in rows}
         _remember(s, _ATTENDEE_SNAPSHOT, object_id, (covered, by_key))
     else:
         _drop_attendee_snapshot(s)
@@ -973,12 +974,12 @@ def put_attendees(
         wanted.setdefault((instance_key, normalise(address)), {}).update(values)
     if not wanted:
         return 0
-    existing: dict[tuple[str, str], Row[Any]] = {}
+    existing: dict[tuple[str, str], Mapping[str, Any]] = {}
     must_read = not new_object
     snapshot = _recall(s, _ATTENDEE_SNAPSHOT, object_id)
     if snapshot is not None and must_read:
         covered, by_key = cast(
-            "tuple[frozenset[str] | None, dict[tuple[str, str], Row[Any]]]", snapshot
+            "tuple[frozenset[str] | None, dict[tuple[str, str], dict[str, Any]]]", snapshot
         )
         if covered is None or all(address in covered for _, address in wanted):
             # Every row that exists for these addresses was read by the locked load.
@@ -995,9 +996,9 @@ def put_attendees(
             stmt = _EXISTING_ATTENDEES_OF_INSTANCES
         for r in s.execute(stmt, params):
             if (r.instance_key, r.address) in wanted:
-                existing[(r.instance_key, r.address)] = r
+                existing[(r.instance_key, r.address)] = dict(r._mapping)
     inserts: list[dict[str, object]] = []
-    changed: list[tuple[Row[Any], dict[str, object]]] = []
+    changed: list[tuple[Mapping[str, Any], dict[str, object]]] = []
     for (instance_key, address), values in wanted.items():
         old = existing.get((instance_key, address))
         if old is None:
@@ -1010,8 +1011,7 @@ def put_attendees(
             )
             inserts.append(new)
             continue
-        current = old._mapping
-        if all(current[name] == value for name, value in values.items()):
+        if all(old[name] == value for name, value in values.items()):
             continue
         changed.append((old, values))
     if inserts:
@@ -1019,25 +1019,23 @@ def put_attendees(
     if len(changed) == 1:
         # One row (a REPLY): write only what changed, as an ORM flush would.
         old, values = changed[0]
-        current = old._mapping
         columns = tuple(
-            name for name in _ATTENDEE_FIELDS if name in values and current[name] != values[name]
+            name for name in _ATTENDEE_FIELDS if name in values and old[name] != values[name]
         )
         one: dict[str, object] = {f"v_{name}": values[name] for name in columns}
         one["v_updated_at"] = now
-        one["b_id"] = old.id
-        s.execute(_attendee_update(columns), one)
+        one["b_id"] = old["id"]
+        _attendee_update(columns).execute(s, one)
     elif changed:
         # Many rows: one executemany of the full column set.
         updates: list[dict[str, object]] = []
         for old, values in changed:
-            current = old._mapping
-            merged = {f"v_{name}": current[name] for name in _ATTENDEE_FIELDS}
+            merged = {f"v_{name}": old[name] for name in _ATTENDEE_FIELDS}
             merged.update({f"v_{name}": value for name, value in values.items()})
             merged["v_updated_at"] = now
-            merged["b_id"] = old.id
+            merged["b_id"] = old["id"]
             updates.append(merged)
-        s.execute(_UPDATE_ATTENDEE, updates)
+        _UPDATE_ATTENDEE.execute_many(s, updates)
     if changed:
         _forget(s, AttendeeRow, object_id)
     return len(inserts) + len(changed)

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
 from gateway.store.models import OutboxRow
+from gateway.store.raw import Prepared
 from gateway.store.types import UTCDateTime
 
 __all__ = [
@@ -103,10 +104,10 @@ _LEASE = (
     )
     .returning(*(_OUTBOX.c[f.name] for f in fields(OutboxMessage)))
 )
-_INSERT = insert(_OUTBOX)
+_INSERT = Prepared(insert(_OUTBOX).returning(_OUTBOX.c.id))
 
 
-def _conclude(holder: bool, **values: Any) -> Any:
+def _conclude(holder: bool, **values: Any) -> Prepared:
     stmt = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("b_id"))
     if holder:
         # Only the lease holder may conclude: a worker whose lease expired and whose row
@@ -114,7 +115,7 @@ def _conclude(holder: bool, **values: Any) -> Any:
         stmt = stmt.where(
             _OUTBOX.c.status == "sending", _OUTBOX.c.lease_owner == bindparam("b_holder")
         )
-    return stmt.values(**values, lease_owner=None, lease_until=None)
+    return Prepared(stmt.values(**values, lease_owner=None, lease_until=None))
 
 
 # Keyed by "a lease holder is given".
@@ -170,8 +171,7 @@ def enqueue(
         "next_attempt_at": next_attempt_at or now,
         "created_at": now,
     }
-    result = s.execute(_INSERT, values)
-    return int(result.inserted_primary_key[0])  # type: ignore[attr-defined]
+    return int(_INSERT.scalar(s, values))
 
 
 def claim_due(
@@ -208,11 +208,13 @@ def _forget(s: Session, ids: Iterable[int]) -> None:
             s.expire(obj)
 
 
-def _run(s: Session, stmt: Any, outbox_id: int, holder: str | None, params: dict[str, Any]) -> bool:
+def _run(
+    s: Session, stmt: Prepared, outbox_id: int, holder: str | None, params: dict[str, Any]
+) -> bool:
     params["b_id"] = outbox_id
     if holder is not None:
         params["b_holder"] = holder
-    changed = bool(getattr(s.execute(stmt, params), "rowcount", 0))
+    changed = stmt.execute(s, params) > 0
     if changed:
         _forget(s, (outbox_id,))
     return changed

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from gateway.domain.addresses import normalise
 from gateway.store.models import ReplyRateRow
+from gateway.store.raw import Prepared
 from gateway.store.types import UTCDateTime
 
 __all__ = ["hit"]
@@ -49,16 +50,21 @@ def _hit_statement(make_insert: Any) -> Any:
     ).returning(_RATE.c.count)
 
 
-_HIT = {"postgresql": _hit_statement(postgresql.insert), "sqlite": _hit_statement(sqlite.insert)}
+_HIT = {
+    "postgresql": Prepared(_hit_statement(postgresql.insert)),
+    "sqlite": Prepared(_hit_statement(sqlite.insert)),
+}
 # limit <= 0 refuses everything; the row is still created, as a hit always did.
 _CREATE = {
-    name: make_insert(_RATE)
-    .values(
-        correspondent=bindparam("key"),
-        window_start=bindparam("now", type_=UTCDateTime()),
-        count=0,
+    name: Prepared(
+        make_insert(_RATE)
+        .values(
+            correspondent=bindparam("key"),
+            window_start=bindparam("now", type_=UTCDateTime()),
+            count=0,
+        )
+        .on_conflict_do_nothing(index_elements=["correspondent"])
     )
-    .on_conflict_do_nothing(index_elements=["correspondent"])
     for name, make_insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
 }
 
@@ -71,7 +77,7 @@ def hit(s: Session, correspondent: str, now: datetime, window_seconds: float, li
     key = normalise(correspondent)
     dialect = s.get_bind().dialect.name
     if limit <= 0:
-        s.execute(_CREATE[dialect], {"key": key, "now": now})
+        _CREATE[dialect].execute(s, {"key": key, "now": now})
         return False
     params = {
         "key": key,
@@ -79,4 +85,4 @@ def hit(s: Session, correspondent: str, now: datetime, window_seconds: float, li
         "cutoff": now - timedelta(seconds=window_seconds),
         "limit": limit,
     }
-    return s.execute(_HIT[dialect], params).first() is not None
+    return _HIT[dialect].first(s, params) is not None

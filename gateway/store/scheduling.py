@@ -23,7 +23,7 @@ from datetime import datetime
 from threading import Lock
 from typing import Any, Generic, Protocol, Self, TypeVar, cast
 
-from sqlalchemy import Row, Table, bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.ical import Component, ICalError, Property, parse, parse_property, serialize
@@ -47,7 +47,7 @@ from gateway.domain.model import (
     StoredObject,
 )
 from gateway.store import busy, held, objects
-from gateway.store.models import HeldRow, ObjectRow, OutboxRow
+from gateway.store.models import ObjectRow, OutboxRow
 
 __all__ = [
     "apply",
@@ -204,40 +204,40 @@ def _instance(row: Mapping[str, Any]) -> StoredInstance:
     )
 
 
-def _attendee(row: Row[Any]) -> AttendeeState:
-    """An attendee from a Core row of ``attendees`` (see :func:`objects.attendee_records`)."""
-    parsed = _LINES.parsed(row.property_text)
-    prop = parsed[0] if parsed else Property("ATTENDEE", "mailto:" + row.address)
+def _attendee(row: Mapping[str, Any]) -> AttendeeState:
+    """An attendee from a row of ``attendees`` (see :func:`objects.attendee_records`)."""
+    parsed = _LINES.parsed(row["property_text"])
+    prop = parsed[0] if parsed else Property("ATTENDEE", "mailto:" + row["address"])
     return AttendeeState(
-        instance_key=row.instance_key,
-        address=row.address,
+        instance_key=row["instance_key"],
+        address=row["address"],
         prop=prop,
-        partstat=row.partstat,
-        role=row.role,
-        rsvp=row.rsvp,
-        cutype=row.cutype,
-        delegated_to=_split_list(row.delegated_to),
-        delegated_from=_split_list(row.delegated_from),
-        sent_by=row.sent_by or "",
-        member=_split_list(row.member),
-        request_status=row.request_status or "",
-        schedule_status=row.schedule_status or "",
-        reply_sequence=row.reply_sequence,
-        reply_dtstamp=row.reply_dtstamp,
-        replied_at=row.replied_at,
+        partstat=row["partstat"],
+        role=row["role"],
+        rsvp=row["rsvp"],
+        cutype=row["cutype"],
+        delegated_to=_split_list(row["delegated_to"]),
+        delegated_from=_split_list(row["delegated_from"]),
+        sent_by=row["sent_by"] or "",
+        member=_split_list(row["member"]),
+        request_status=row["request_status"] or "",
+        schedule_status=row["schedule_status"] or "",
+        reply_sequence=row["reply_sequence"],
+        reply_dtstamp=row["reply_dtstamp"],
+        replied_at=row["replied_at"],
     )
 
 
-def _held(row: Row[Any] | HeldRow) -> HeldItem:
+def _held(row: Mapping[str, Any]) -> HeldItem:
     return HeldItem(
-        id=row.id,
-        kind=row.kind,
-        sender=row.sender,
-        method=row.method,
-        payload=row.payload,
-        instance_key=row.instance_key,
-        sequence=row.sequence or 0,
-        dtstamp=row.dtstamp,
+        id=row["id"],
+        kind=row["kind"],
+        sender=row["sender"],
+        method=row["method"],
+        payload=row["payload"],
+        instance_key=row["instance_key"],
+        sequence=row["sequence"] or 0,
+        dtstamp=row["dtstamp"],
     )
 
 
@@ -258,10 +258,10 @@ def _build(
         stored.instances[inst["instance_key"]] = _instance(inst)
     rows = objects.attendee_records(s, row["id"], addresses, remember=remember)
     for att in rows:
-        stored.attendees[(att.instance_key, att.address)] = _attendee(att)
+        stored.attendees[(att["instance_key"], att["address"])] = _attendee(att)
     stored.attendees_complete = addresses is None
     if with_held:
-        stored.held = [_held(h) for h in held.pending_for(s, row["owner"], row["uid"])]
+        stored.held = [_held(h) for h in held.pending_records(s, row["owner"], row["uid"])]
     return stored
 
 
@@ -297,7 +297,7 @@ def load_by_id(s: Session, object_id: int) -> StoredObject | None:
 
 def held_items(s: Session, owner: str, uid: str) -> list[HeldItem]:
     """Unresolved held items of (owner, uid), oldest first."""
-    return [_held(h) for h in held.pending_for(s, owner, uid)]
+    return [_held(h) for h in held.pending_records(s, owner, uid)]
 
 
 def busy_between(
