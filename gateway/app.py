@@ -360,7 +360,20 @@ def _processing(
         ),
         on_failure,
     )
-    processing = ProcessingWorker(store, processor, clock, on_queued=outbox_worker.notify)
+    processing = ProcessingWorker(
+        store,
+        processor,
+        clock,
+        on_queued=outbox_worker.notify,
+        # Filled in (and checked against database.pool_size) by Settings validation.
+        concurrency=max(1, settings.gateway.processing_concurrency),
+    )
+    if store.backend == "sqlite" and processing.concurrency > 1:
+        log.warning(
+            "gateway.processing_concurrency = %d on SQLite: the loops take turns on its"
+            " single writer, so this only helps on PostgreSQL",
+            processing.concurrency,
+        )
     return processing, outbox_worker, sender
 
 

@@ -157,6 +157,12 @@ class GatewayConfig(_Section):
     # supervised by `serve`, so SMTP/LMTP/IMAP intake and processing each get a CPU
     # core (Python runs one thread of bytecode at a time).  false = one process.
     processing_process: bool = True
+    # Journal drain loops run side by side, each claiming its own batch (like that many
+    # replicas).  0 = automatic: 1 on SQLite (one writer: more loops only queue for the
+    # write lock and store thread), min(4, database.pool_size - 2) on PostgreSQL, where
+    # one loop leaves the CPU idle during round trips.  On PostgreSQL each loop needs a
+    # pooled connection of its own (checked against database.pool_size).
+    processing_concurrency: int = Field(default=0, ge=0)
 
     @field_validator("hostname")
     @classmethod
@@ -510,6 +516,9 @@ class Settings(BaseModel):
                 updates[name] = listener.model_copy(update={"max_message_bytes": default_max})
         if updates:
             self.listeners = self.listeners.model_copy(update=updates)
+        concurrency = _processing_concurrency(self.gateway, self.database)
+        if concurrency != self.gateway.processing_concurrency:
+            self.gateway = self.gateway.model_copy(update={"processing_concurrency": concurrency})
         return self
 
     def local_user(self, address: str) -> UserConfig | None:
@@ -523,6 +532,33 @@ class Settings(BaseModel):
     def masked(self) -> dict[str, Any]:
         """The effective configuration as plain data with every secret shown as ``***``."""
         return _mask(self)
+
+
+# Pooled connections kept free of the processing loops: one for the outbox worker's
+# claims and results, one for the rest (IMAP state, delivery failures, CLI work).  The
+# store runs one thread per pooled connection, so a loop never waits for a connection
+# and the outbox never waits behind a batch.
+POOL_RESERVE = 2
+_AUTO_CONCURRENCY = 4
+
+
+def _processing_concurrency(gateway: GatewayConfig, database: DatabaseConfig) -> int:
+    """The effective ``gateway.processing_concurrency`` (0 = automatic), validated."""
+    wanted = gateway.processing_concurrency
+    if database.is_sqlite:
+        # One writer and one store thread: extra loops are harmless (they take turns on
+        # that thread) but buy nothing, so the automatic value is 1.
+        return wanted or 1
+    if wanted == 0:
+        return max(1, min(_AUTO_CONCURRENCY, database.pool_size - POOL_RESERVE))
+    if database.pool_size < wanted + POOL_RESERVE:
+        raise ValueError(
+            f"database.pool_size = {database.pool_size} is too small for"
+            f" gateway.processing_concurrency = {wanted}: it needs at least"
+            f" {wanted + POOL_RESERVE} (one connection per processing loop plus"
+            f" {POOL_RESERVE} for the outbox and other work)"
+        )
+    return wanted
 
 
 def _mask(model: BaseModel) -> dict[str, Any]:

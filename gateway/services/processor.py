@@ -46,6 +46,7 @@ __all__ = [
     "PartResult",
     "ProcessingOptions",
     "Processor",
+    "is_transient_error",
     "record_delivery_failure",
     "schedule_status_for",
 ]
@@ -126,6 +127,28 @@ class BatchItem:
     error: str  # "" unless processing raised (the row was then recorded as failed)
 
 
+# PostgreSQL SQLSTATEs after which the same work, retried in a new transaction, can
+# succeed: serialization_failure, deadlock_detected (another transaction held the locks).
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_transient_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a deadlock or serialization failure (retry, don't count).
+
+    Duck-typed (the driver exception's ``sqlstate``, reached through SQLAlchemy's
+    ``orig`` or the exception chain) so that services never import the driver.
+    """
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        for candidate in (seen, getattr(seen, "orig", None)):
+            if getattr(candidate, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+                return True
+        seen = seen.__cause__
+    return False
+
+
 @dataclass
 class _Run:
     """State of processing one journal row inside its transaction."""
@@ -193,8 +216,17 @@ class Processor:
                 with savepoint(s):
                     results, queued = self._process_row(s, journal_id, now)
             except Exception as exc:
-                log.exception("processing journal row %s failed", journal_id)
                 error = f"{type(exc).__name__}: {exc}"
+                if is_transient_error(exc):
+                    # Lost a lock race with a concurrent batch (PostgreSQL aborted our
+                    # statement): not the message's fault, so not counted as an attempt.
+                    # Stop here so this group commits and frees its locks; the row is
+                    # left out of the result, still claimed, and the caller retries it
+                    # first - later rows (perhaps about the same event) must not
+                    # overtake it.
+                    log.warning("journal row %s: transient failure, retrying: %s", journal_id, exc)
+                    break
+                log.exception("processing journal row %s failed", journal_id)
                 self.fail_row(s, journal_id, error, now)
                 out.append(BatchItem(journal_id, [], 0, error))
                 continue
