@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -240,61 +238,8 @@ class RunningDaemon:
 def bench_postgres() -> Iterator[str]:
     """A durable throwaway PostgreSQL server on loopback; yields an empty database URL."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.support import postgres as pg  # the suite's helper: binaries, runuser
+    from tests.support.postgres import running_postgres  # binaries, runuser, clean-up
 
-    bin_dir = pg.find_pg_bin()
-    prefix, account = pg._as_service_user()
-    base = Path(tempfile.mkdtemp(prefix="imip-bench-pg-"))
-    data_dir, log = base / "data", base / "server.log"
-    if account is not None:
-        os.chown(base, account.pw_uid, account.pw_gid)
-    port = free_port()
-    try:
-        pg._run(
-            [
-                *prefix,
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data_dir),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ],
-            log,
-        )
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
-            " -c max_connections=50 -c shared_buffers=128MB"
-        )
-        pg._run(
-            [
-                *prefix,
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data_dir),
-                "-l",
-                str(log),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            log,
-        )
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-        finally:
-            subprocess.run(
-                [*prefix, str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "fast", "-w", "stop"],
-                capture_output=True,
-                check=False,
-                timeout=60,
-            )
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    settings = {"max_connections": "50", "shared_buffers": "128MB"}
+    with running_postgres(durable=True, settings=settings) as server:
+        yield server.url()

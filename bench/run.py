@@ -634,6 +634,19 @@ def run_all(opts: Options) -> list[Row]:
     return rows
 
 
+def _daemon_failed(db: str, exc: DaemonError) -> Row:
+    """The row saying the daemon itself failed (start-up or mid-run), with why."""
+    return Row(
+        scenario=f"gateway session ({db})",
+        db=db,
+        msgs=0,
+        correct=False,
+        target="daemon runs",
+        passed=False,
+        notes=[str(exc)],
+    )
+
+
 def _main_session(
     opts: Options,
     base: Path,
@@ -663,17 +676,7 @@ def _main_session(
             processing_process=opts.processing_process,
         )
     except DaemonError as exc:
-        return [
-            Row(
-                scenario=f"gateway session ({db})",
-                db=db,
-                msgs=0,
-                correct=False,
-                target="daemon runs",
-                passed=False,
-                notes=[str(exc)],
-            )
-        ]
+        return [_daemon_failed(db, exc)]
     tr = {"sqlite": (0.40, 0.60), "postgresql": (0.25, 0.40)}[db]
     ratio_rows: list[Row] = []
     try:
@@ -794,17 +797,7 @@ def _main_session(
             long = phase("long run (RSS)", long_batch, expect_reply=True)
             rows.append(_rss_row(session, long, db))
     except DaemonError as exc:
-        rows.append(
-            Row(
-                scenario=f"gateway session ({db})",
-                db=db,
-                msgs=0,
-                correct=False,
-                target="daemon runs",
-                passed=False,
-                notes=[str(exc)],
-            )
-        )
+        rows.append(_daemon_failed(db, exc))
     finally:
         status = session.close()
         if status not in (0, None):

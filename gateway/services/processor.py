@@ -38,7 +38,7 @@ from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
 from gateway.services.ports import FORWARD_METHOD
 from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
-from gateway.store.tx import Tx, savepoint
+from gateway.store.tx import Tx, is_transient_error, savepoint
 
 __all__ = [
     "BatchItem",
@@ -46,7 +46,6 @@ __all__ = [
     "PartResult",
     "ProcessingOptions",
     "Processor",
-    "is_transient_error",
     "record_delivery_failure",
     "schedule_status_for",
 ]
@@ -125,28 +124,6 @@ class BatchItem:
     results: list[PartResult]
     queued: int  # outbox rows written
     error: str  # "" unless processing raised (the row was then recorded as failed)
-
-
-# PostgreSQL SQLSTATEs after which the same work, retried in a new transaction, can
-# succeed: serialization_failure, deadlock_detected (another transaction held the locks).
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """True when ``exc`` is a deadlock or serialization failure (retry, don't count).
-
-    Duck-typed (the driver exception's ``sqlstate``, reached through SQLAlchemy's
-    ``orig`` or the exception chain) so that services never import the driver.
-    """
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        for candidate in (seen, getattr(seen, "orig", None)):
-            if getattr(candidate, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-                return True
-        seen = seen.__cause__
-    return False
 
 
 @dataclass

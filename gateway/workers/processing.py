@@ -31,8 +31,9 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.services.processor import PartResult, Processor, is_transient_error
+from gateway.services.processor import PartResult, Processor
 from gateway.store import Store
+from gateway.store.tx import is_transient_error
 
 __all__ = ["ProcessingWorker"]
 

@@ -16,7 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +99,16 @@ def _run(cmd: list[str], log: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
+def running_postgres(
+    *, durable: bool = False, settings: Mapping[str, str] | None = None
+) -> Iterator[PostgresServer]:
     """Start a fresh PostgreSQL server; stop it and delete its files on exit.
+
+    ``durable=False`` (the suite) switches fsync, synchronous commit and full-page
+    writes off and stops with ``-m immediate``: the data is thrown away.  ``durable=True``
+    (the benchmark, which must measure real commits) keeps PostgreSQL's defaults and
+    stops with ``-m fast``.  ``settings`` adds or overrides server settings
+    (``{"shared_buffers": "128MB"}``).
 
     Raises :class:`PostgresUnavailable` when this machine cannot run one, and
     ``RuntimeError`` (with the server log) when it should but fails to start.
@@ -134,12 +142,16 @@ def running_postgres() -> Iterator[PostgresServer]:
         port = 0
         for attempt in range(3):
             port = _free_port()
-            options = (
-                f"-c listen_addresses=127.0.0.1 -c port={port}"
-                f" -c unix_socket_directories={base}"
-                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-                " -c max_connections=100"
-            )
+            server: dict[str, str] = {
+                "listen_addresses": "127.0.0.1",
+                "port": str(port),
+                "unix_socket_directories": str(base),
+                "max_connections": "100",
+            }
+            if not durable:
+                server.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+            server.update(settings or {})
+            options = " ".join(f"-c {name}={value}" for name, value in server.items())
             try:
                 _run(
                     [
@@ -173,7 +185,7 @@ def running_postgres() -> Iterator[PostgresServer]:
                     "-D",
                     str(data_dir),
                     "-m",
-                    "immediate",
+                    "fast" if durable else "immediate",
                     "-w",
                     "stop",
                 ],

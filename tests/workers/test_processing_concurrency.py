@@ -20,9 +20,9 @@ import pytest
 from gateway.config import Settings
 from gateway.services import queries
 from gateway.services.intake import message_id_of
-from gateway.services.processor import is_transient_error
 from gateway.services.runtime import GatewayServices
 from gateway.store import journal, objects
+from gateway.store.tx import is_transient_error
 from gateway.workers.processing import ProcessingWorker
 from tests.services.helpers import (
     ATTENDEE,
