@@ -38,7 +38,7 @@ from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
 from gateway.services.ports import FORWARD_METHOD
 from gateway.store import MAX_KEY_BYTES, journal, objects, outbox, rate, scheduling
-from gateway.store.tx import Tx, is_transient_error, savepoint
+from gateway.store.tx import Tx, is_transient_error, savepoint, writers_waiting
 
 __all__ = [
     "BatchItem",
@@ -185,9 +185,15 @@ class Processor:
         out: list[BatchItem] = []
         started = time.monotonic()
         for journal_id in journal_ids:
-            if out and budget_seconds is not None and time.monotonic() - started > budget_seconds:
+            if (
+                out
+                and budget_seconds is not None
+                and (time.monotonic() - started > budget_seconds or writers_waiting(s))
+            ):
                 # The group is committed by time, not by count: on SQLite the write lock
                 # is held for the whole group, and intake (the SMTP 250) waits for it.
+                # A writer already waiting ends it at once: its wait is the latency of
+                # every message it journals.
                 break
             try:
                 with savepoint(s):

@@ -21,7 +21,7 @@ of those rows, which returns them as :class:`OutboxMessage` snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -45,7 +45,9 @@ __all__ = [
     "mark_failed",
     "mark_retry",
     "mark_sent",
+    "mark_sent_many",
     "purge",
+    "release",
     "retry_now",
 ]
 
@@ -132,6 +134,7 @@ _RETRY = {
     )
     for flag in (False, True)
 }
+_RELEASE = _conclude(True, status="pending", attempts=_OUTBOX.c.attempts - 1)
 _FAILED = {
     flag: _conclude(flag, status="failed", last_error=bindparam("v_error"))
     for flag in (False, True)
@@ -224,6 +227,31 @@ def mark_sent(s: Session, outbox_id: int, now: datetime, *, lease_owner: str | N
     """The relay accepted the message.  Returns False if the lease was lost."""
     stmt = _SENT[lease_owner is not None]
     return _run(s, stmt, outbox_id, lease_owner, {"v_now": now})
+
+
+def mark_sent_many(
+    s: Session, outbox_ids: Sequence[int], now: datetime, *, lease_owner: str
+) -> list[int]:
+    """:func:`mark_sent` for several rows in the caller's one transaction (the outbox
+    worker's group commit); returns the ids whose lease was lost."""
+    stmt = _SENT[True]
+    return [
+        outbox_id
+        for outbox_id in outbox_ids
+        if not _run(s, stmt, outbox_id, lease_owner, {"v_now": now})
+    ]
+
+
+def release(s: Session, outbox_ids: Sequence[int], *, lease_owner: str) -> int:
+    """Give back rows claimed but never handed to the relay (a worker shutting down):
+    due again at once for any worker, their claim not counted as an attempt.
+    Returns how many rows were released (a lost lease is left to its new holder)."""
+    released = 0
+    for outbox_id in outbox_ids:
+        released += _RELEASE.execute(s, {"b_id": outbox_id, "b_holder": lease_owner})
+    if released:
+        _forget(s, outbox_ids)
+    return released
 
 
 def mark_retry(

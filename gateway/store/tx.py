@@ -9,7 +9,9 @@ from contextlib import contextmanager
 
 from sqlalchemy.orm import Session as Tx
 
-__all__ = ["Tx", "is_transient_error", "savepoint"]
+from gateway.store.engine import writers_waiting as _connection_has_waiters
+
+__all__ = ["Tx", "is_transient_error", "savepoint", "writers_waiting"]
 
 
 @contextmanager
@@ -40,3 +42,9 @@ def is_transient_error(exc: BaseException) -> bool:
                 return True
         seen = seen.__cause__
     return False
+
+
+def writers_waiting(s: Tx) -> bool:
+    """Whether another writer waits for the SQLite write lock ``s`` holds (never on
+    PostgreSQL): a group commit should end early rather than make it wait."""
+    return _connection_has_waiters(s.connection())

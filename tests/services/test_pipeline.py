@@ -457,6 +457,83 @@ def test_group_commit_is_bounded_by_time_and_leaves_the_rest_claimed(db_url: str
         assert {m["status"] for m in svc.store.read_sync(queries.message_list)} == {"done"}
 
 
+def test_group_commit_ends_early_when_another_writer_waits_for_the_sqlite_lock(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 5: with a long budget the group would hold the write lock for every row;
+    a writer queued behind it (the SMTP intake journaling a message before its 250)
+    makes it commit after the row in hand, and the writer gets in next."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from sqlalchemy import text
+
+    from gateway.domain import engine
+    from gateway.store import Store
+
+    clock = FrozenClock()
+    real = engine.process
+    order: list[str] = []
+    database = sqlite_url.split("///", 1)[1]
+
+    def waiter_announced() -> bool:
+        fd = os.open(f"{database}.write-wait", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    threads: list[threading.Thread] = []
+
+    def journal_elsewhere(s: object) -> None:
+        s.execute(text("SELECT 1"))  # type: ignore[attr-defined]
+        order.append("other writer")
+
+    def first_starts_a_writer(msg, stored, ctx):  # type: ignore[no-untyped-def]
+        order.append(msg.uid)
+        if not threads:
+            thread = threading.Thread(target=other.run_sync, args=(journal_elsewhere,))
+            threads.append(thread)
+            thread.start()
+            deadline = time.monotonic() + 10
+            while not waiter_announced() and time.monotonic() < deadline:
+                time.sleep(0.002)
+        return real(msg, stored, ctx)
+
+    with open_services(sqlite_url, clock) as svc:
+        other = Store(sqlite_url)  # a second writer on the file, like the intake process
+        try:
+            monkeypatch.setattr(engine, "process", first_starts_a_writer)
+            for n in range(3):
+                svc.store.run_sync(
+                    journal.record_inbound,
+                    imip_mail(
+                        vevent(uid=f"w{n}@x", organizer=REMOTE_ORGANIZER),
+                        sender=REMOTE_ORGANIZER,
+                        to=ATTENDEE,
+                    ),
+                    message_id=f"<w{n}@x>",
+                    source="smtp",
+                    envelope_from=REMOTE_ORGANIZER,
+                    envelope_to=[ATTENDEE],
+                    now=clock(),
+                )
+            ids = svc.store.run_sync(svc.processor.claim, clock(), 10)
+            first = svc.store.run_sync(svc.processor.process_batch, ids, clock(), 60.0)
+            assert [i.journal_id for i in first] == ids[:1]
+            threads[0].join(10)
+            rest = svc.store.run_sync(svc.processor.process_batch, ids[1:], clock(), 60.0)
+            assert [i.journal_id for i in rest] == ids[1:]
+        finally:
+            other.close()
+    assert order == ["w0@x", "other writer", "w1@x", "w2@x"]
+
+
 def test_mail_from_another_gateway_installation_is_processed_not_a_loop(db_url: str) -> None:
     # Two organisations both running imip-gateway: the partner's marker is not ours.
     with open_services(db_url) as svc:

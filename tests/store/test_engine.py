@@ -23,6 +23,7 @@ from gateway.store import (
     make_engine,
     normalise_url,
 )
+from gateway.store.tx import writers_waiting
 from gateway.store.types import NaiveUTCError
 
 
@@ -197,3 +198,86 @@ def test_a_second_writer_waits_for_the_first_and_then_writes(
     finally:
         other.close()
     assert order == ["first commits", "second begins"]
+
+
+def test_a_waiting_writer_is_visible_to_the_holder_until_it_gets_in(
+    sqlite_store: Store,
+) -> None:
+    """``writers_waiting`` (issue 5): the holder of the write lock sees a writer queued
+    behind it, so a processing group can end early; nobody waiting reads False."""
+    other = Store(str(sqlite_store.engine.url))
+    holding, seen_alone, seen_waiter = threading.Event(), [], []
+    release = threading.Event()
+
+    def holder(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        seen_alone.append(writers_waiting(s))
+        holding.set()
+        deadline = time.monotonic() + 10
+        while not writers_waiting(s) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen_waiter.append(writers_waiting(s))
+        release.set()
+
+    def waiter(s: Session) -> bool:
+        s.execute(text("SELECT 1"))
+        return writers_waiting(s)  # it got in: nobody is waiting behind it
+
+    try:
+        thread = threading.Thread(target=sqlite_store.run_sync, args=(holder,))
+        thread.start()
+        assert holding.wait(10)
+        assert other.run_sync(waiter) is False
+        thread.join(10)
+    finally:
+        other.close()
+    assert release.is_set()
+    assert seen_alone == [False]
+    assert seen_waiter == [True]
+
+
+def test_a_writer_beginning_again_lets_an_announced_waiter_go_first(
+    sqlite_store: Store,
+) -> None:
+    """Fairness (issue 5): a writer that commits and begins again at once does not
+    overtake a writer that was already waiting (which polls the lock file)."""
+    other = Store(str(sqlite_store.engine.url))
+    order: list[str] = []
+    holding = threading.Event()
+
+    def first(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        holding.set()
+        deadline = time.monotonic() + 10
+        while not writers_waiting(s) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        order.append("first commits")
+
+    def again(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        order.append("first begins again")
+
+    def waiting(s: Session) -> None:
+        s.execute(text("SELECT 1"))
+        order.append("waiter writes")
+
+    def run_twice() -> None:
+        sqlite_store.run_sync(first)
+        sqlite_store.run_sync(again)
+
+    try:
+        thread = threading.Thread(target=run_twice)
+        thread.start()
+        assert holding.wait(10)
+        other.run_sync(waiting)
+        thread.join(10)
+    finally:
+        other.close()
+    assert order == ["first commits", "waiter writes", "first begins again"]
+
+
+def test_writers_waiting_is_false_on_postgresql(pg_store: Store) -> None:
+    """PostgreSQL has row locks and no database-wide writer: never a reason to yield."""
+    assert (
+        pg_store.run_sync(lambda s: (s.execute(text("SELECT 1")), writers_waiting(s))[1]) is False
+    )

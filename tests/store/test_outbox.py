@@ -264,3 +264,40 @@ def test_conclusions_without_a_lease_holder_apply_to_any_row(store: Store, now: 
     assert sent is not None
     assert (failed.status, failed.last_error) == ("failed", "5.1.1 unknown")
     assert (sent.status, sent.sent_at) == ("sent", now)
+
+
+def test_mark_sent_many_marks_held_rows_and_names_the_ones_whose_lease_was_lost(
+    store: Store, now: datetime
+) -> None:
+    ids = store.run_sync(_enqueue, now, n=3)
+    store.run_sync(outbox.claim_due, now=now, lease_owner="w1", lease_seconds=60, limit=10)
+    # The last row went back to the queue and another worker claimed it.
+    later = now + timedelta(seconds=5)
+    store.run_sync(outbox.release, ids[2:], lease_owner="w1")
+    store.run_sync(outbox.claim_due, now=now, lease_owner="w2", lease_seconds=60, limit=10)
+    lost = store.run_sync(outbox.mark_sent_many, ids, later, lease_owner="w1")
+    assert lost == ids[2:]
+    rows = [store.read_sync(outbox.get, i) for i in ids]
+    assert [(r.status, r.sent_at, r.lease_owner) for r in rows if r] == [
+        ("sent", later, None),
+        ("sent", later, None),
+        ("sending", None, "w2"),  # the new holder's bookkeeping is untouched
+    ]
+
+
+def test_release_gives_back_only_our_unsent_rows_without_counting_an_attempt(
+    store: Store, now: datetime
+) -> None:
+    ids = store.run_sync(_enqueue, now, n=3)
+    store.run_sync(outbox.claim_due, now=now, lease_owner="w1", lease_seconds=60, limit=2)
+    store.run_sync(outbox.claim_due, now=now, lease_owner="w2", lease_seconds=60, limit=2)
+    assert store.run_sync(outbox.release, ids, lease_owner="w1") == 2
+    rows = [store.read_sync(outbox.get, i) for i in ids]
+    assert [(r.status, r.attempts, r.lease_owner) for r in rows if r] == [
+        ("pending", 0, None),
+        ("pending", 0, None),
+        ("sending", 1, "w2"),
+    ]
+    # Released rows are due again at once for any worker.
+    again = store.run_sync(outbox.claim_due, now=now, lease_owner="w3", lease_seconds=60, limit=10)
+    assert sorted(r.id for r in again) == ids[:2]

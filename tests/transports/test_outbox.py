@@ -444,3 +444,92 @@ async def test_gateway_mail_uses_our_envelope_sender_and_forwarded_mail_keeps_it
         "dave@example.net": "bounces@gw.example",
         "erin@example.net": "alice@example.org",
     }
+
+
+async def test_due_rows_are_claimed_in_one_batch_and_each_is_marked_sent_once(
+    store: Store,
+    sink: SmtpSink,
+    workers: Callable[..., RunningInBackground],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 5: one claim transaction leases up to ``claim_batch`` rows, more than the
+    free connections; they wait in memory and go out one by one, each marked once."""
+    claims: list[tuple[int, int]] = []
+    marks: list[int] = []
+    real_claim, real_marks = outbox_repo.claim_due, outbox_repo.mark_sent_many
+
+    def spy_claim(s: Any, **kw: Any) -> list[outbox_repo.OutboxMessage]:
+        got = real_claim(s, **kw)
+        claims.append((kw["limit"], len(got)))
+        return got
+
+    def spy_marks(s: Any, ids: list[int], now: datetime, **kw: Any) -> list[int]:
+        marks.extend(ids)
+        return real_marks(s, ids, now, **kw)
+
+    monkeypatch.setattr(outbox_repo, "claim_due", spy_claim)
+    monkeypatch.setattr(outbox_repo, "mark_sent_many", spy_marks)
+    ids = [enqueue(store, n) for n in range(12)]
+    async with workers(FakeClock(), [], max_connections=1, claim_batch=16):
+        await sink.wait_for_messages(12)
+        await eventually(lambda: all(row(store, i).status == "sent" for i in ids))
+    assert claims[0] == (16, 12)  # every due row leased by the first claim
+    assert sorted(marks) == sorted(ids)  # each marked exactly once
+    assert {row(store, i).attempts for i in ids} == {1}
+    assert sorted(m.data for m in sink.messages) == sorted(mail(n) for n in range(12))
+
+
+async def test_stopping_gives_back_claimed_rows_that_never_reached_the_relay(
+    store: Store, sink: SmtpSink, workers: Callable[..., RunningInBackground]
+) -> None:
+    """Rows waiting in memory for a connection at shutdown are released: due at once
+    for the next worker, their claim not counted as an attempt, nothing sent twice."""
+    sink.hold()
+    ids = [enqueue(store, n) for n in range(5)]
+    background = workers(FakeClock(), [], max_connections=1, claim_batch=16)
+    stopping = await background.__aenter__()
+    await sink.wait_for_held(1)
+    assert {row(store, i).status for i in ids} == {"sending"}  # all five leased
+    stopping.set()
+    sink.release()
+    await background.__aexit__(None, None, None)
+    statuses = sorted((row(store, i).status, row(store, i).attempts) for i in ids)
+    assert statuses == [("pending", 0)] * 4 + [("sent", 1)]
+    assert all(row(store, i).lease_owner is None for i in ids)
+    assert len(sink.messages) == 1
+    # The next worker sends the four, each once.
+    async with workers(FakeClock(), [], max_connections=1):
+        await sink.wait_for_messages(5)
+        await eventually(lambda: all(row(store, i).status == "sent" for i in ids))
+    assert sorted(m.data for m in sink.messages) == sorted(mail(n) for n in range(5))
+
+
+async def test_a_claimed_row_left_waiting_for_half_its_lease_is_released_not_sent(
+    store: Store,
+    sink: SmtpSink,
+    workers: Callable[..., RunningInBackground],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slow relay: rows queued behind it would be sent after their lease expired, when
+    another worker may have claimed them too.  They are given back instead, re-claimed
+    with a fresh lease, and every row still goes out exactly once."""
+    released: list[int] = []
+    real_release = outbox_repo.release
+
+    def spy_release(s: Any, ids: list[int], **kw: Any) -> int:
+        released.extend(ids)
+        return real_release(s, ids, **kw)
+
+    monkeypatch.setattr(outbox_repo, "release", spy_release)
+    sink.hold()
+    ids = [enqueue(store, n) for n in range(3)]
+    background = workers(FakeClock(), [], max_connections=1, claim_batch=16, lease_seconds=0.2)
+    async with background:
+        await sink.wait_for_held(1)
+        await asyncio.sleep(0.15)  # the two waiting rows are now past half their lease
+        sink.release()
+        await sink.wait_for_messages(3)
+        await eventually(lambda: all(row(store, i).status == "sent" for i in ids))
+    assert released  # at least one waiting row was given back rather than sent late
+    assert set(released) <= set(ids[1:])
+    assert sorted(m.data for m in sink.messages) == sorted(mail(n) for n in range(3))
