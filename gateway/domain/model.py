@@ -194,6 +194,66 @@ class StoredInstance:
     status: str = ""
     transp: str = ""
 
+    @classmethod
+    def deferred(
+        cls,
+        load: Callable[[], Component],
+        *,
+        key: str,
+        sequence: int,
+        dtstamp: datetime | None,
+        this_and_future: bool,
+        cancelled: bool,
+        start: datetime | None,
+        end: datetime | None,
+        status: str,
+        transp: str,
+    ) -> StoredInstance:
+        """An instance whose component is built by ``load`` on first use.
+
+        The store reads every stored instance of an object, but most messages never
+        look at the components: a REPLY to a known instance needs only its SEQUENCE
+        and the attendee row (issue 5: parsing the stored text was ~12% of a REPLY).
+        Reading ``component`` (also through ``==``, ``repr`` or ``dataclasses.replace``)
+        loads it once; the instance then behaves exactly like an eager one.
+        """
+        instance = cls(
+            key,
+            _DEFERRED,
+            sequence,
+            dtstamp,
+            this_and_future,
+            cancelled,
+            start,
+            end,
+            status,
+            transp,
+        )
+        instance.__dict__["_load"] = load
+        return instance
+
+
+# The component slot of a deferred instance until it is read (see ``deferred``).
+_DEFERRED = Component("X-DEFERRED")
+
+
+def _get_component(self: StoredInstance) -> Component:
+    component: Component = self.__dict__["_component"]
+    if component is _DEFERRED:
+        component = self.__dict__.pop("_load")()
+        self.__dict__["_component"] = component
+    return component
+
+
+def _set_component(self: StoredInstance, component: Component) -> None:
+    self.__dict__.pop("_load", None)
+    self.__dict__["_component"] = component
+
+
+# After @dataclass has generated __init__/__eq__/__repr__ (which all go through the
+# attribute), the field becomes a property so that ``deferred`` can postpone the parse.
+setattr(StoredInstance, "component", property(_get_component, _set_component))  # noqa: B010
+
 
 @dataclass
 class AttendeeState:

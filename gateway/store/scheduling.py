@@ -188,11 +188,17 @@ def _header(row: Mapping[str, Any]) -> ObjectHeader:
 
 
 def _instance(row: Mapping[str, Any]) -> StoredInstance:
-    """An instance from the columns of an ``instances`` row."""
-    comps = _PARSED.parsed(row["component_text"])
-    return StoredInstance(
+    """An instance from the columns of an ``instances`` row; its component text is
+    parsed only if the engine reads it (:meth:`StoredInstance.deferred`)."""
+    text = row["component_text"]
+
+    def load() -> Component:
+        comps = _PARSED.parsed(text)
+        return comps[0] if comps else Component("VEVENT")
+
+    return StoredInstance.deferred(
+        load,
         key=row["instance_key"],
-        component=comps[0] if comps else Component("VEVENT"),
         sequence=row["sequence"],
         dtstamp=row["dtstamp"],
         this_and_future=row["this_and_future"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -562,3 +563,67 @@ def test_a_deletion_after_a_concurrent_change_fails(store: Store, now: datetime)
     with pytest.raises(StaleDataError):
         store.run_sync(run)
     assert store.read_sync(objects.get_object_by_id, oid) is not None
+
+
+def test_loaded_instance_components_are_parsed_only_when_read(
+    store: Store, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 5: loading an object parses no instance text until the engine reads a
+    component; then it reads exactly what was stored, once, after the transaction too."""
+    oid = _apply(store, [_header(), _instance(), _instance(key="20261201T090000Z")], now)
+    assert oid is not None
+    parsed: list[str] = []
+    real = scheduling._PARSED.parsed
+
+    def counting(text: str) -> list[Component]:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(scheduling._PARSED, "parsed", counting)
+    stored = store.read_sync(scheduling.load_by_id, oid)
+    assert stored is not None
+    timezones = len(parsed)  # the header's VTIMEZONE text is read eagerly
+    master = stored.instances[""]
+    assert master.sequence == 0  # plain columns need no parse
+    assert len(parsed) == timezones
+    assert master.component.text("SUMMARY") == "Planning"
+    assert master.component.text("SUMMARY") == "Planning"
+    assert len(parsed) == timezones + 1  # parsed once, on the first read
+    override = stored.instances["20261201T090000Z"]
+    assert override == StoredInstance(
+        key="20261201T090000Z", component=override.component, sequence=0
+    )
+    assert override.component.value("RECURRENCE-ID") == "20261201T090000Z"
+    assert len(parsed) == timezones + 2
+
+
+def test_a_deferred_instance_equals_and_copies_like_an_eager_one() -> None:
+    comp = Component("VEVENT", [Property("UID", UID), Property("SUMMARY", "Planning")])
+    loads: list[int] = []
+
+    def load() -> Component:
+        loads.append(1)
+        return comp.copy()
+
+    fields: dict[str, Any] = {
+        "key": "",
+        "sequence": 3,
+        "dtstamp": None,
+        "this_and_future": False,
+        "cancelled": False,
+        "start": None,
+        "end": None,
+        "status": "CONFIRMED",
+        "transp": "",
+    }
+    lazy = StoredInstance.deferred(load, **fields)
+    assert loads == []
+    eager = StoredInstance(component=comp, **fields)
+    assert lazy == eager
+    assert loads == [1]
+    changed = replace(lazy, sequence=4)
+    assert (changed.sequence, changed.component.text("SUMMARY")) == (4, "Planning")
+    other = StoredInstance.deferred(load, **fields)
+    other.component = Component("VTODO")  # assigning replaces the pending load
+    assert other.component.name == "VTODO"
+    assert loads == [1]
