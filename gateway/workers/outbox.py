@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import inspect
 import logging
 import os
@@ -47,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 from gateway.services.ports import FORWARD_METHOD
@@ -141,7 +142,10 @@ class OutboxWorker:
     ) -> None:
         if options.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
-        self._next_due: datetime | None = None
+        # When the retries this worker scheduled fall due (a min-heap): each one must
+        # wake it, not only the earliest (two rows failing together retry apart).
+        self._retries: list[datetime] = []
+        self._last_claim = datetime.min.replace(tzinfo=UTC)  # the clock at the last claim
         self._store = store
         self._sender = sender
         self._clock = clock
@@ -212,18 +216,20 @@ class OutboxWorker:
         # due (a 4xx retry in 0.5 s must not wait for a 5 s poll); rows other replicas
         # scheduled are found by the poll.
         timeout = self.options.poll_interval_seconds
-        if self._next_due is not None:
-            until = (self._next_due - self._clock()).total_seconds()
+        while self._retries and self._retries[0] <= self._last_claim:
+            heapq.heappop(self._retries)  # was due at the last claim, which took it
+        if self._retries:
+            until = (self._retries[0] - self._clock()).total_seconds()
             timeout = max(0.0, min(timeout, until))
-            self._next_due = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _claim(self, limit: int) -> list[OutboxMessage]:
+        self._last_claim = now = self._clock()
         try:
             return await self._store.run(
                 outbox.claim_due,
-                now=self._clock(),
+                now=now,
                 lease_owner=self.worker_id,
                 lease_seconds=self.options.lease_seconds,
                 limit=limit,
@@ -363,8 +369,7 @@ class OutboxWorker:
         )
         # One last attempt at the deadline rather than none after it.
         next_attempt = min(now + delay, deadline)
-        if self._next_due is None or next_attempt < self._next_due:
-            self._next_due = next_attempt
+        heapq.heappush(self._retries, next_attempt)
         ok = await self._store.run(
             outbox.mark_retry, row.id, reason, next_attempt, lease_owner=self.worker_id
         )

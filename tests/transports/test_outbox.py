@@ -533,3 +533,30 @@ async def test_a_claimed_row_left_waiting_for_half_its_lease_is_released_not_sen
     assert released  # at least one waiting row was given back rather than sent late
     assert set(released) <= set(ids[1:])
     assert sorted(m.data for m in sink.messages) == sorted(mail(n) for n in range(3))
+
+
+async def test_every_scheduled_retry_wakes_the_worker_not_only_the_earliest(
+    store: Store, sink: SmtpSink
+) -> None:
+    """Two rows refused together retry at different times (jitter): the worker must
+    wake for each, not sleep until the next poll after the first (found by the
+    two-gateway outage test; the poll here is an hour)."""
+    sink.script_data("451 4.3.0 try later", "451 4.3.0 try later")
+    ids = [enqueue(store, n, now=datetime.now(UTC)) for n in range(2)]
+    jitter = iter([0.0, 1.0])  # delays of 0.2 s and 0.4 s
+    sender = RelaySender(relay_options(sink, max_connections=2))
+    worker = OutboxWorker(
+        store,
+        sender,
+        lambda: datetime.now(UTC),
+        OutboxOptions(poll_interval_seconds=3600, retry_initial_seconds=0.4),
+        rng=lambda: next(jitter, 1.0),
+    )
+    try:
+        async with RunningInBackground(worker):
+            await sink.wait_for_attempts(2)
+            await sink.wait_for_messages(2)
+            await eventually(lambda: all(row(store, i).status == "sent" for i in ids))
+    finally:
+        await sender.aclose()
+    assert {row(store, i).attempts for i in ids} == {2}
