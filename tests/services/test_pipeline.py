@@ -11,6 +11,7 @@ import email
 import pytest
 
 from gateway.services import queries
+from gateway.services.runtime import GatewayServices
 from gateway.store import journal
 from tests.services.helpers import (
     ATTENDEE,
@@ -26,6 +27,7 @@ from tests.services.helpers import (
     payload_of,
     vevent,
 )
+from tests.support.locks import file_lock_free
 
 
 def _outcomes(result: tuple[int, bool, list[dict[str, object]]]) -> list[str]:
@@ -431,24 +433,32 @@ def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
         assert sorted(r["uid"] for r in outbox_rows(svc)) == ["good-1@x", "good-2@x"]
 
 
+def _journal_and_claim(
+    svc: GatewayServices, clock: FrozenClock, prefix: str, count: int
+) -> list[int]:
+    """Journal ``count`` invitations (UIDs ``<prefix><n>@x``) as the SMTP intake does
+    and claim them for processing; returns the claimed journal ids."""
+    for n in range(count):
+        svc.store.run_sync(
+            journal.record_inbound,
+            imip_mail(
+                vevent(uid=f"{prefix}{n}@x", organizer=REMOTE_ORGANIZER),
+                sender=REMOTE_ORGANIZER,
+                to=ATTENDEE,
+            ),
+            message_id=f"<{prefix}{n}@x>",
+            source="smtp",
+            envelope_from=REMOTE_ORGANIZER,
+            envelope_to=[ATTENDEE],
+            now=clock(),
+        )
+    return list(svc.store.run_sync(svc.processor.claim, clock(), 10))
+
+
 def test_group_commit_is_bounded_by_time_and_leaves_the_rest_claimed(db_url: str) -> None:
     clock = FrozenClock()
     with open_services(db_url, clock) as svc:
-        for n in range(3):
-            svc.store.run_sync(
-                journal.record_inbound,
-                imip_mail(
-                    vevent(uid=f"t{n}@x", organizer=REMOTE_ORGANIZER),
-                    sender=REMOTE_ORGANIZER,
-                    to=ATTENDEE,
-                ),
-                message_id=f"<t{n}@x>",
-                source="smtp",
-                envelope_from=REMOTE_ORGANIZER,
-                envelope_to=[ATTENDEE],
-                now=clock(),
-            )
-        ids = svc.store.run_sync(svc.processor.claim, clock(), 10)
+        ids = _journal_and_claim(svc, clock, "t", 3)
         # A zero budget still makes progress: one message per group.
         first = svc.store.run_sync(svc.processor.process_batch, ids, clock(), 0.0)
         assert [i.journal_id for i in first] == ids[:1]
@@ -463,8 +473,6 @@ def test_group_commit_ends_early_when_another_writer_waits_for_the_sqlite_lock(
     """Issue 5: with a long budget the group would hold the write lock for every row;
     a writer queued behind it (the SMTP intake journaling a message before its 250)
     makes it commit after the row in hand, and the writer gets in next."""
-    import fcntl
-    import os
     import threading
     import time
 
@@ -479,14 +487,7 @@ def test_group_commit_ends_early_when_another_writer_waits_for_the_sqlite_lock(
     database = sqlite_url.split("///", 1)[1]
 
     def waiter_announced() -> bool:
-        fd = os.open(f"{database}.write-wait", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return not file_lock_free(f"{database}.write-wait")
 
     threads: list[threading.Thread] = []
 
@@ -509,21 +510,7 @@ def test_group_commit_ends_early_when_another_writer_waits_for_the_sqlite_lock(
         other = Store(sqlite_url)  # a second writer on the file, like the intake process
         try:
             monkeypatch.setattr(engine, "process", first_starts_a_writer)
-            for n in range(3):
-                svc.store.run_sync(
-                    journal.record_inbound,
-                    imip_mail(
-                        vevent(uid=f"w{n}@x", organizer=REMOTE_ORGANIZER),
-                        sender=REMOTE_ORGANIZER,
-                        to=ATTENDEE,
-                    ),
-                    message_id=f"<w{n}@x>",
-                    source="smtp",
-                    envelope_from=REMOTE_ORGANIZER,
-                    envelope_to=[ATTENDEE],
-                    now=clock(),
-                )
-            ids = svc.store.run_sync(svc.processor.claim, clock(), 10)
+            ids = _journal_and_claim(svc, clock, "w", 3)
             first = svc.store.run_sync(svc.processor.process_batch, ids, clock(), 60.0)
             assert [i.journal_id for i in first] == ids[:1]
             threads[0].join(10)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import sqlite3
 import threading
 import time
@@ -25,6 +23,7 @@ from gateway.store import (
 )
 from gateway.store.tx import writers_waiting
 from gateway.store.types import NaiveUTCError
+from tests.support.locks import file_lock_free
 
 
 @pytest.mark.parametrize(
@@ -133,14 +132,7 @@ def test_store_accepts_a_plain_postgresql_url(migrated_pg_url: str) -> None:
 
 def _lock_file_free(path: str) -> bool:
     """Whether another process could take the writers' lock file right now."""
-    fd = os.open(f"{path}.write-lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return file_lock_free(f"{path}.write-lock")
 
 
 def test_sqlite_writers_hold_the_lock_file_until_their_unit_of_work_ends(
