@@ -401,22 +401,7 @@ def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
     clock = FrozenClock()
     with open_services(db_url, clock) as svc:
         monkeypatch.setattr(engine, "process", flaky)
-        ids = []
-        for uid in ("good-1@x", "bad@x", "good-2@x"):
-            row, _dup = svc.store.run_sync(
-                journal.record_inbound,
-                imip_mail(
-                    vevent(uid=uid, organizer=REMOTE_ORGANIZER),
-                    sender=REMOTE_ORGANIZER,
-                    to=ATTENDEE,
-                ),
-                message_id=f"<{uid}>",
-                source="smtp",
-                envelope_from=ORGANIZER,
-                envelope_to=[ATTENDEE],
-                now=clock(),
-            )
-            ids.append(row.id)
+        ids = _journal(svc, clock, ["good-1@x", "bad@x", "good-2@x"], envelope_from=ORGANIZER)
         claimed = svc.store.run_sync(svc.processor.claim, clock(), 10)
         assert claimed == ids
         items = svc.store.run_sync(svc.processor.process_batch, claimed, clock())
@@ -433,25 +418,37 @@ def test_group_commit_isolates_a_failing_message_from_the_rest_of_its_batch(
         assert sorted(r["uid"] for r in outbox_rows(svc)) == ["good-1@x", "good-2@x"]
 
 
-def _journal_and_claim(
-    svc: GatewayServices, clock: FrozenClock, prefix: str, count: int
+def _journal(
+    svc: GatewayServices,
+    clock: FrozenClock,
+    uids: list[str],
+    *,
+    envelope_from: str = REMOTE_ORGANIZER,
 ) -> list[int]:
-    """Journal ``count`` invitations (UIDs ``<prefix><n>@x``) as the SMTP intake does
-    and claim them for processing; returns the claimed journal ids."""
-    for n in range(count):
-        svc.store.run_sync(
+    """Journal one invitation per UID as the SMTP intake does; returns the row ids."""
+    ids = []
+    for uid in uids:
+        row, _dup = svc.store.run_sync(
             journal.record_inbound,
             imip_mail(
-                vevent(uid=f"{prefix}{n}@x", organizer=REMOTE_ORGANIZER),
-                sender=REMOTE_ORGANIZER,
-                to=ATTENDEE,
+                vevent(uid=uid, organizer=REMOTE_ORGANIZER), sender=REMOTE_ORGANIZER, to=ATTENDEE
             ),
-            message_id=f"<{prefix}{n}@x>",
+            message_id=f"<{uid}>",
             source="smtp",
-            envelope_from=REMOTE_ORGANIZER,
+            envelope_from=envelope_from,
             envelope_to=[ATTENDEE],
             now=clock(),
         )
+        ids.append(row.id)
+    return ids
+
+
+def _journal_and_claim(
+    svc: GatewayServices, clock: FrozenClock, prefix: str, count: int
+) -> list[int]:
+    """Journal ``count`` invitations (UIDs ``<prefix><n>@x``) and claim them for
+    processing; returns the claimed journal ids."""
+    _journal(svc, clock, [f"{prefix}{n}@x" for n in range(count)])
     return list(svc.store.run_sync(svc.processor.claim, clock(), 10))
 
 
