@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -23,7 +23,7 @@ from gateway.domain import engine, submission
 from gateway.domain.addresses import normalise
 from gateway.domain.ical import Component, ICalError, parse
 from gateway.domain.identity import SenderIdentity
-from gateway.domain.message import parse_itip
+from gateway.domain.message import ParseResult, parse_itip
 from gateway.domain.model import (
     Context,
     Decision,
@@ -44,6 +44,7 @@ __all__ = [
     "BatchItem",
     "Directory",
     "PartResult",
+    "PreparedMessage",
     "ProcessingOptions",
     "Processor",
     "record_delivery_failure",
@@ -126,6 +127,25 @@ class BatchItem:
     error: str  # "" unless processing raised (the row was then recorded as failed)
 
 
+@dataclass(frozen=True)
+class PreparedMessage:
+    """What processing one journal row needs that depends only on its raw bytes.
+
+    Why it exists (issue 5): on SQLite, processing holds the database's single write
+    lock for its whole group of messages, and the SMTP intake waits for that lock to
+    journal a message before it may answer 250.  MIME extraction and iCalendar parsing
+    are a third of the work and need no database at all, so the processing worker does
+    them for a claimed group *before* it takes the lock (:meth:`Processor.prepare`).
+    A journal row's bytes never change, and ``raw`` is compared before use anyway.
+    """
+
+    raw: bytes
+    extraction: Extraction
+    # parse_itip of each calendar part, by part index; each is used at most once
+    # (a retried row is parsed afresh, never from objects a failed attempt touched).
+    parsed: Mapping[int, ParseResult]
+
+
 @dataclass
 class _Run:
     """State of processing one journal row inside its transaction."""
@@ -138,6 +158,15 @@ class _Run:
     results: list[PartResult] = field(default_factory=list)
     queued: int = 0  # outbox rows written
     local: int = 0  # messages delivered to local users through the journal
+    # Parts parsed before the transaction (PreparedMessage); taken at first use.
+    parsed: dict[int, ParseResult] = field(default_factory=dict)
+
+    def itip(self, part: CalendarPart) -> ParseResult:
+        """The iTIP messages of ``part``: prepared ones once, else parsed now."""
+        found = self.parsed.pop(part.index, None)
+        if found is not None:
+            return found
+        return parse_itip(part.text, mime_method=part.mime_method)
 
 
 class Processor:
@@ -165,12 +194,44 @@ class Processor:
         )
         return [r.id for r in rows]
 
+    def claimed_messages(self, s: Tx, journal_ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+        """``{id: (source, raw)}`` of claimed rows, read without any lock (for :meth:`prepare`)."""
+        return journal.raw_of_claimed(s, journal_ids)
+
+    def prepare(self, claimed: Mapping[int, tuple[str, bytes]]) -> dict[int, PreparedMessage]:
+        """Extract and parse claimed rows (``{id: (source, raw)}``) outside any transaction.
+
+        Pure CPU work on the messages' bytes; pass the result to :meth:`process_batch`.
+        Never raises: a row whose preparation fails is simply left out and processed
+        the ordinary way (which records the failure properly).
+        """
+        out: dict[int, PreparedMessage] = {}
+        for journal_id, (source, raw) in claimed.items():
+            try:
+                extraction = self._extract(source, raw)
+                parsed: dict[int, ParseResult] = {}
+                if extraction.dsn is None and self.options.marker not in extraction.gateway_markers:
+                    for part in extraction.parts:
+                        parsed[part.index] = parse_itip(part.text, mime_method=part.mime_method)
+                out[journal_id] = PreparedMessage(raw, extraction, parsed)
+            except Exception:  # pragma: no cover - extract and parse_itip never raise
+                log.exception(
+                    "preparing journal row %s failed; processing it unprepared", journal_id
+                )
+        return out
+
+    def _extract(self, source: str, raw: bytes) -> Extraction:
+        if source == "send":
+            return bare_calendar(raw)  # `imip-gateway send FILE.ics`: no mail around it
+        return extract(raw, max_calendar_bytes=self.options.max_calendar_bytes)
+
     def process_batch(
         self,
         s: Tx,
         journal_ids: Sequence[int],
         now: datetime,
         budget_seconds: float | None = None,
+        prepared: MutableMapping[int, PreparedMessage] | None = None,
     ) -> list[BatchItem]:
         """Process claimed rows in the caller's ONE transaction (group commit).
 
@@ -181,6 +242,8 @@ class Processor:
         and the batch is processed again once the leases expire.  With
         ``budget_seconds`` the group stops once that much time was spent; the rows not
         reached are not in the result and stay claimed for the caller's next call.
+        ``prepared`` (from :meth:`prepare`) is consumed: each entry is taken by the
+        first attempt at its row, so a row retried later is extracted afresh.
         """
         out: list[BatchItem] = []
         started = time.monotonic()
@@ -195,9 +258,10 @@ class Processor:
                 # A writer already waiting ends it at once: its wait is the latency of
                 # every message it journals.
                 break
+            ready = prepared.pop(journal_id, None) if prepared is not None else None
             try:
                 with savepoint(s):
-                    results, queued = self._process_row(s, journal_id, now)
+                    results, queued = self._process_row(s, journal_id, now, prepared=ready)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if is_transient_error(exc):
@@ -221,7 +285,13 @@ class Processor:
         return self._process_row(s, journal_id, now)[0]
 
     def _process_row(
-        self, s: Tx, journal_id: int, now: datetime, row: journal.LockedMessage | None = None
+        self,
+        s: Tx,
+        journal_id: int,
+        now: datetime,
+        row: journal.LockedMessage | None = None,
+        *,
+        prepared: PreparedMessage | None = None,
     ) -> tuple[list[PartResult], int]:
         # Lock the row: if our lease expired while we worked and another worker claimed
         # it, one of us waits here and then sees "done" - a decision is applied once.
@@ -230,10 +300,12 @@ class Processor:
         if row is None or row.status in ("done", "quarantined"):
             return [], 0
         raw = bytes(row.raw)
-        if row.source == "send":
-            extraction = bare_calendar(raw)  # `imip-gateway send FILE.ics`: no mail around it
+        parsed: dict[int, ParseResult] = {}
+        if prepared is not None and prepared.raw == raw:
+            extraction = prepared.extraction
+            parsed = dict(prepared.parsed)
         else:
-            extraction = extract(raw, max_calendar_bytes=self.options.max_calendar_bytes)
+            extraction = self._extract(row.source, raw)
         identity = sender_identity(
             extraction,
             envelope_from=row.envelope_from or "",
@@ -242,7 +314,7 @@ class Processor:
         )
         if row.source == "send":
             identity = replace(identity, local_submission=True)
-        run = _Run(journal_id, row.source, extraction, identity, now)
+        run = _Run(journal_id, row.source, extraction, identity, now, parsed=parsed)
         if row.source == "relay":
             rcpts = list(row.envelope_to or [])
             self._relay(s, run, row.envelope_from or "", rcpts, raw)
@@ -346,7 +418,7 @@ class Processor:
             )
             return
         for part in ext.parts:
-            parsed = parse_itip(part.text, mime_method=part.mime_method)
+            parsed = run.itip(part)
             warnings = list(part.warnings) + parsed.warnings
             for problem in parsed.problems:
                 for rcpt in recipients:
@@ -477,7 +549,7 @@ class Processor:
         recorded: list[tuple[str, int | None]] = []
         if user is not None:
             for part in run.extraction.parts:
-                parsed = parse_itip(part.text, mime_method=part.mime_method)
+                parsed = run.itip(part)
                 for msg in parsed.messages:
                     decision, object_id = self._record_outbound(s, run, user, msg)
                     if object_id is not None:

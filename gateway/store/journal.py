@@ -40,6 +40,7 @@ __all__ = [
     "list_messages",
     "lock_row",
     "outcomes_for",
+    "raw_of_claimed",
     "recipients_key",
     "record_failure",
     "record_inbound",
@@ -380,6 +381,25 @@ def claim_pending(
     leased = conn.execute(_LEASE, {"ids": ids, "lease_until": lease_until})
     attempts: dict[int, int] = dict(leased.all())
     return [ClaimedMessage(jid, "processing", attempts[jid], lease_until) for jid in ids]
+
+
+_RAW_OF_CLAIMED = select(_JOURNAL.c.id, _JOURNAL.c.source, _JOURNAL.c.raw).where(
+    _JOURNAL.c.id.in_(bindparam("ids", expanding=True)),
+    _JOURNAL.c.status == "processing",
+)
+
+
+def raw_of_claimed(s: Session, ids: Sequence[int]) -> dict[int, tuple[str, bytes]]:
+    """``{id: (source, raw bytes)}`` of the rows among ``ids`` still leased for processing.
+
+    A plain read (no row lock, on SQLite no write lock): processing uses it to do the
+    work that depends only on a message's bytes before it takes the write lock.  The
+    raw bytes of a journal row never change once it is journaled.
+    """
+    if not ids:
+        return {}
+    rows = s.connection().execute(_RAW_OF_CLAIMED, {"ids": list(ids)})
+    return {jid: (source, bytes(raw)) for jid, source, raw in rows}
 
 
 def finish(

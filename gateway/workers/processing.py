@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 
-from gateway.services.processor import PartResult, Processor
+from gateway.services.processor import PartResult, PreparedMessage, Processor
 from gateway.store import Store
 from gateway.store.tx import is_transient_error
 
@@ -150,12 +150,17 @@ class ProcessingWorker:
         retried first in the next group.
         """
         ids = await self.store.run(self.processor.claim, self.clock(), self.batch)
+        prepared = await self._prepare(ids)
         remaining = list(ids)
         stalls = 0
         while remaining:
             try:
                 items = await self.store.run(
-                    self.processor.process_batch, remaining, self.clock(), self.group_seconds
+                    self.processor.process_batch,
+                    remaining,
+                    self.clock(),
+                    self.group_seconds,
+                    prepared,
                 )
             except Exception as exc:
                 if not is_transient_error(exc):
@@ -191,6 +196,24 @@ class ProcessingWorker:
             if queued and self.on_queued is not None:
                 self.on_queued()
         return len(ids)
+
+    async def _prepare(self, ids: list[int]) -> dict[int, PreparedMessage]:
+        """Extract and parse the claimed rows before the write transaction (issue 5).
+
+        The bytes are read in a read-only transaction (no write lock on SQLite) and the
+        CPU work runs in a worker thread outside any transaction, so the SMTP intake can
+        journal (and answer 250) meanwhile instead of waiting for a group that parses
+        under the database's single write lock.  Best effort: whatever is not prepared
+        here is extracted inside the group as before.
+        """
+        if not ids:
+            return {}
+        try:
+            claimed = await self.store.read(self.processor.claimed_messages, ids)
+            return await asyncio.to_thread(self.processor.prepare, claimed)
+        except Exception:
+            log.exception("preparing %d claimed rows failed; processing them unprepared", len(ids))
+            return {}
 
     async def _give_up(self, journal_id: int) -> None:
         error = (

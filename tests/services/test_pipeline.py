@@ -531,3 +531,132 @@ def test_mail_from_another_gateway_installation_is_processed_not_a_loop(db_url: 
         assert [o["outcome"] for o in outcomes] == ["applied"]
         reply = payload_of(svc, outbox_rows(svc)[0]["id"])
         assert b"X-IMIP-Gateway: gw.test" in reply  # ours is stamped on what we send
+
+
+# --- preparation outside the write transaction (issue 5) ---------------------------------
+
+
+class _Counting:
+    """Counts calls of a module function it replaces, and whether SQLite's write lock
+    file was held at each call."""
+
+    def __init__(self, real, lock_file: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.real = real
+        self.lock_file = lock_file
+        self.calls = 0
+        self.under_lock = 0
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.lock_file is not None and not file_lock_free(self.lock_file):
+            self.under_lock += 1
+        return self.real(*args, **kwargs)
+
+
+def test_a_prepared_group_is_neither_extracted_nor_parsed_again_inside_its_transaction(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.services import processor as processor_module
+
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        ids = _journal_and_claim(svc, clock, "p", 3)
+        claimed = svc.store.read_sync(svc.processor.claimed_messages, ids)
+        assert sorted(claimed) == ids
+        prepared = svc.processor.prepare(claimed)
+        assert sorted(prepared) == ids
+        extract = _Counting(processor_module.extract)
+        parse = _Counting(processor_module.parse_itip)
+        monkeypatch.setattr(processor_module, "extract", extract)
+        monkeypatch.setattr(processor_module, "parse_itip", parse)
+        items = svc.store.run_sync(svc.processor.process_batch, ids, clock(), None, prepared)
+        assert (extract.calls, parse.calls) == (0, 0)
+        assert prepared == {}  # consumed
+        assert [(i.journal_id, i.error, i.queued) for i in items] == [(j, "", 1) for j in ids]
+        assert [r.outcome for i in items for r in i.results] == ["applied"] * 3
+        assert sorted(r["uid"] for r in outbox_rows(svc)) == ["p0@x", "p1@x", "p2@x"]
+
+
+def test_a_prepared_entry_is_used_once_so_a_failed_row_is_parsed_afresh_next_time(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.domain import engine
+    from gateway.services import processor as processor_module
+
+    real = engine.process
+    failures = []
+
+    def fails_once(msg, stored, ctx):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append(msg.uid)
+            raise RuntimeError("first attempt breaks")
+        return real(msg, stored, ctx)
+
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        ids = _journal_and_claim(svc, clock, "f", 1)
+        prepared = svc.processor.prepare(svc.store.read_sync(svc.processor.claimed_messages, ids))
+        monkeypatch.setattr(engine, "process", fails_once)
+        parse = _Counting(processor_module.parse_itip)
+        monkeypatch.setattr(processor_module, "parse_itip", parse)
+        first = svc.store.run_sync(svc.processor.process_batch, ids, clock(), None, prepared)
+        assert first[0].error == "RuntimeError: first attempt breaks"
+        assert (prepared, parse.calls) == ({}, 0)
+        # The retry must not reuse objects the failed attempt may have changed.
+        again = svc.store.run_sync(svc.processor.claim, clock(), 10)
+        assert again == ids
+        second = svc.store.run_sync(svc.processor.process_batch, again, clock(), None, prepared)
+        assert parse.calls == 1
+        assert [r.outcome for r in second[0].results] == ["applied"]
+
+
+def test_a_prepared_entry_for_other_bytes_is_ignored(db_url: str) -> None:
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        ids = _journal_and_claim(svc, clock, "b", 2)
+        claimed = svc.store.read_sync(svc.processor.claimed_messages, ids)
+        prepared = svc.processor.prepare(claimed)
+        # Row 0 is handed row 1's preparation: processing must go by the row's own bytes.
+        swapped = {ids[0]: prepared[ids[1]], ids[1]: prepared[ids[0]]}
+        items = svc.store.run_sync(svc.processor.process_batch, ids, clock(), None, swapped)
+        assert [(i.journal_id, i.results[0].uid) for i in items] == [
+            (ids[0], "b0@x"),
+            (ids[1], "b1@x"),
+        ]
+
+
+def test_claimed_messages_reads_only_rows_still_leased_for_processing(db_url: str) -> None:
+    clock = FrozenClock()
+    with open_services(db_url, clock) as svc:
+        ids = _journal_and_claim(svc, clock, "c", 2)
+        svc.store.run_sync(svc.processor.process_batch, ids[:1], clock())
+        claimed = svc.store.read_sync(svc.processor.claimed_messages, ids)
+        assert list(claimed) == ids[1:]
+        source, raw = claimed[ids[1]]
+        assert source == "smtp"
+        assert b"UID:c1@x" in raw
+
+
+def test_the_worker_extracts_and_parses_while_the_sqlite_write_lock_is_free(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 5: the SMTP intake waits for the write lock to journal a message, so the
+    processing worker does the lock-free half of its work before it takes the lock."""
+    import asyncio
+
+    from gateway.services import processor as processor_module
+    from gateway.workers.processing import ProcessingWorker
+
+    lock_file = f"{sqlite_url.split('///', 1)[1]}.write-lock"
+    clock = FrozenClock()
+    with open_services(sqlite_url, clock) as svc:
+        _journal(svc, clock, [f"l{n}@x" for n in range(4)])
+        extract = _Counting(processor_module.extract, lock_file)
+        parse = _Counting(processor_module.parse_itip, lock_file)
+        monkeypatch.setattr(processor_module, "extract", extract)
+        monkeypatch.setattr(processor_module, "parse_itip", parse)
+        worker = ProcessingWorker(svc.store, svc.processor, svc.clock, batch=16)
+        assert asyncio.run(worker.drain_once()) == 4
+        assert (extract.calls, parse.calls) == (4, 4)
+        assert (extract.under_lock, parse.under_lock) == (0, 0)
+        assert sorted(r["uid"] for r in outbox_rows(svc)) == ["l0@x", "l1@x", "l2@x", "l3@x"]
