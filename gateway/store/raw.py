@@ -121,7 +121,7 @@ class Prepared:
             # Session.execute autoflushes pending ORM changes first (Core statements on
             # tables too), so a raw statement sees them as before; a no-op when clean.
             s.flush()
-        conn = s.connection()
+        conn = _connection(s)
         compiled = self._compile(conn.dialect, tuple(params))
         try:
             args = _arguments(compiled, params)
@@ -183,7 +183,7 @@ class Prepared:
             return
         if s.autoflush:
             s.flush()
-        conn = s.connection()
+        conn = _connection(s)
         compiled = self._compile(conn.dialect, tuple(rows[0]))
         if compiled.keys:
             raise UnsupportedStatementError("executemany of a statement with a result")
@@ -205,6 +205,35 @@ class Prepared:
             raise _wrap(compiled, args, error, many=True) from error
         finally:
             cursor.close()
+
+
+# Where a Session remembers the Connection of its current transaction (Session.info).
+_CONNECTION_KEY = "imip_raw_connection"
+
+
+def _connection(s: Session) -> Connection:
+    """``s.connection()``, remembered while the session's current transaction lasts.
+
+    ``Session.connection()`` walks SQLAlchemy's transaction state machine on every call
+    (about a tenth of the processing CPU per REPLY: ten statements a message).  It is
+    still called once per transaction and per savepoint: that first call is what emits
+    a ``begin_nested()``'s SAVEPOINT.  The remembered answer is used only while that very
+    (innermost) transaction is current and active: after a failed flush SQLAlchemy
+    refuses further statements until rollback, and so must this path.
+    """
+    current = s.get_nested_transaction() or s.get_transaction()
+    remembered = s.info.get(_CONNECTION_KEY)
+    if (
+        remembered is not None
+        and current is not None
+        and remembered[0] is current
+        and current.is_active
+    ):
+        conn: Connection = remembered[1]
+        return conn
+    conn = s.connection()
+    s.info[_CONNECTION_KEY] = (s.get_nested_transaction() or s.get_transaction(), conn)
+    return conn
 
 
 def execute_driver_sql(conn: Connection, sql: str) -> None:

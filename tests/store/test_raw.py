@@ -195,6 +195,54 @@ def test_raw_statements_share_the_transaction_and_its_savepoints(store: Store) -
     assert store.read_sync(_READ_JOURNAL.first, {"p_id": gone}) is None
 
 
+def test_raw_statements_in_nested_savepoints_roll_back_only_their_own_writes(
+    store: Store,
+) -> None:
+    # The raw path remembers the session's connection; each savepoint must still be
+    # emitted (SQLAlchemy emits SAVEPOINT at the first connection() inside begin_nested).
+    def unit(s: Session) -> list[int]:
+        ids = [_INSERT_JOURNAL.scalar(s, _journal_values("1" * 64))]
+        with s.begin_nested():
+            ids.append(_INSERT_JOURNAL.scalar(s, _journal_values("2" * 64)))
+            try:
+                with s.begin_nested():
+                    ids.append(_INSERT_JOURNAL.scalar(s, _journal_values("3" * 64)))
+                    raise RuntimeError("roll back the inner savepoint")
+            except RuntimeError:
+                pass
+            ids.append(_INSERT_JOURNAL.scalar(s, _journal_values("4" * 64)))
+        try:
+            with s.begin_nested():
+                ids.append(_INSERT_JOURNAL.scalar(s, _journal_values("5" * 64)))
+                raise RuntimeError("roll back a second savepoint")
+        except RuntimeError:
+            pass
+        ids.append(_INSERT_JOURNAL.scalar(s, _journal_values("6" * 64)))
+        return ids
+
+    assert len(store.run_sync(unit)) == 6
+    kept = store.read_sync(lambda s: [r[0] for r in s.execute(select(_JOURNAL.c.sha256))])
+    assert sorted(kept) == [c * 64 for c in "1246"]
+
+
+def test_raw_statements_are_refused_after_a_failed_flush_as_sqlalchemy_refuses_them(
+    store: Store,
+) -> None:
+    from sqlalchemy.exc import InvalidRequestError
+
+    def unit(s: Session) -> None:
+        first = _INSERT_JOURNAL.scalar(s, _journal_values("7" * 64))
+        s.add(JournalRow(id=first, **_journal_values("8" * 64)))  # the same primary key
+        with pytest.raises(IntegrityError):
+            s.flush()
+        with pytest.raises(InvalidRequestError, match="rolled back"):
+            _READ_JOURNAL.first(s, {"p_id": first})
+        raise RuntimeError("done")
+
+    with pytest.raises(RuntimeError, match="done"):
+        store.run_sync(unit)
+
+
 def test_a_failed_unit_of_work_rolls_back_raw_writes(store: Store) -> None:
     def unit(s: Session) -> None:
         _INSERT_JOURNAL.scalar(s, _journal_values("h" * 64))
