@@ -102,7 +102,7 @@ from gateway.domain.state import (
     split_component,
 )
 from gateway.domain.timeutil import TzResolver, format_utc, instance_key, to_utc
-from gateway.domain.validate import Violation, validate
+from gateway.domain.validate import Violation, validated
 
 if TYPE_CHECKING:
     from gateway.domain.engine import LoadPlan
@@ -191,7 +191,7 @@ class _Run:
         msg = self.msg
         if not msg.components:
             return Decision(Outcome.REJECTED_INVALID, "no scheduling component")
-        violations = validate(msg, self.warnings)
+        violations = validated(msg, self.warnings)
         violations.extend(self._limits())
         if msg.component_type == "VFREEBUSY":
             return self._freebusy(violations)

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from gateway.domain.ical import Component, Property
 from gateway.domain.identity import SenderIdentity
@@ -174,6 +175,12 @@ class ITipMessage:
     components: list[Component]
     timezones: list[Component] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # The section 3 check of the message as received (violations, warnings), kept by
+    # gateway.domain.validate.validated: done once, and possibly before the write
+    # transaction (issue 5), not once per recipient inside it.
+    checked: tuple[tuple[Any, ...], tuple[str, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 # --- stored state as the engine sees it -----------------------------------------------

@@ -261,9 +261,9 @@ def process(msg: ITipMessage, stored: StoredObject | None, ctx: Context) -> Deci
 
 def _validate(msg: ITipMessage, warnings: list[str]) -> Decision | None:
     """Section 3 restriction tables (lenient findings become warnings)."""
-    from gateway.domain.validate import validate
+    from gateway.domain.validate import validated
 
-    violations = validate(msg, warnings)
+    violations = validated(msg, warnings)
     if not violations:
         return None
     text = "; ".join(f"{v.text} [{v.code}]" for v in violations)

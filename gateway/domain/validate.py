@@ -48,6 +48,7 @@ __all__ = [
     "request_status",
     "table_for",
     "validate",
+    "validated",
 ]
 
 # Section 3.6: short return status codes and their descriptions.
@@ -485,6 +486,23 @@ def table_for(method: str, component: str) -> Table | None:
     """The restriction table for a method and component, or None when section 3
     does not define that combination (e.g. a VJOURNAL REQUEST)."""
     return TABLES.get((method.upper(), component.upper()))
+
+
+def validated(msg: ITipMessage, warnings: list[str] | None = None) -> list[Violation]:
+    """:func:`validate`, remembered on the message (``ITipMessage.checked``).
+
+    The engine checks the message as it was received: the result is computed once per
+    parsed message (the processing worker does it before taking the database's write
+    lock) and reused for every local recipient, whatever a decision did to the
+    components since.
+    """
+    if msg.checked is None:
+        notes: list[str] = []
+        msg.checked = (tuple(validate(msg, notes)), tuple(notes))
+    violations, notes_found = msg.checked
+    if warnings is not None:
+        warnings.extend(notes_found)
+    return list(violations)
 
 
 def validate(msg: ITipMessage, warnings: list[str] | None = None) -> list[Violation]:

@@ -33,6 +33,7 @@ from gateway.domain.model import (
     ResolveHeld,
     UserPolicy,
 )
+from gateway.domain.validate import validated
 from gateway.mime.extract import CalendarPart, Extraction, calendar_method, extract
 from gateway.mime.identity import sender_identity
 from gateway.services.outgoing import compose_outgoing
@@ -212,7 +213,10 @@ class Processor:
                 parsed: dict[int, ParseResult] = {}
                 if extraction.dsn is None and self.options.marker not in extraction.gateway_markers:
                     for part in extraction.parts:
-                        parsed[part.index] = parse_itip(part.text, mime_method=part.mime_method)
+                        result = parse_itip(part.text, mime_method=part.mime_method)
+                        for msg in result.messages:
+                            validated(msg)  # remembered on the message for the engine
+                        parsed[part.index] = result
                 out[journal_id] = PreparedMessage(raw, extraction, parsed)
             except Exception:  # pragma: no cover - extract and parse_itip never raise
                 log.exception(

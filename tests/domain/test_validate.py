@@ -233,3 +233,34 @@ def test_freebusy_request_needs_its_range_and_local_times_warn() -> None:
 def test_request_status_value_escapes_text() -> None:
     v = Violation("3.1", "LOCATION", "x")
     assert v.request_status() == "3.1;Invalid property value;LOCATION"
+
+
+def test_validated_checks_a_message_once_and_gives_each_caller_its_warnings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.domain import validate as module
+
+    calls: list[ITipMessage] = []
+    real = module.validate
+
+    def counting(msg: ITipMessage, warnings: list[str] | None = None) -> list[Violation]:
+        calls.append(msg)
+        return real(msg, warnings)
+
+    monkeypatch.setattr(module, "validate", counting)
+    # No ORGANIZER (a violation) and no PRODID (a warning).
+    body = REQUEST_BODY.replace("ORGANIZER:mailto:a@example.com\n", "")
+    text = "BEGIN:VCALENDAR\nVERSION:2.0\nMETHOD:REQUEST\nBEGIN:VEVENT\n" + body.strip()
+    msg = parse_itip(text + "\nEND:VEVENT\nEND:VCALENDAR\n").messages[0]
+    first: list[str] = []
+    second: list[str] = []
+    one = module.validated(msg, first)
+    # A later caller (the next local recipient) gets the same answer without a check,
+    # even though a decision changed the components meanwhile.
+    msg.components[0].properties.clear()
+    two = module.validated(msg, second)
+    assert len(calls) == 1
+    assert _codes(one) == _codes(two) == [("3.11", "ORGANIZER")]
+    assert one is not two  # callers may extend their lists
+    assert first == second
+    assert any("PRODID" in w for w in first)

@@ -556,6 +556,7 @@ class _Counting:
 def test_a_prepared_group_is_neither_extracted_nor_parsed_again_inside_its_transaction(
     db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from gateway.domain import validate as validate_module
     from gateway.services import processor as processor_module
 
     clock = FrozenClock()
@@ -567,10 +568,12 @@ def test_a_prepared_group_is_neither_extracted_nor_parsed_again_inside_its_trans
         assert sorted(prepared) == ids
         extract = _Counting(processor_module.extract)
         parse = _Counting(processor_module.parse_itip)
+        check = _Counting(validate_module.validate)
         monkeypatch.setattr(processor_module, "extract", extract)
         monkeypatch.setattr(processor_module, "parse_itip", parse)
+        monkeypatch.setattr(validate_module, "validate", check)
         items = svc.store.run_sync(svc.processor.process_batch, ids, clock(), None, prepared)
-        assert (extract.calls, parse.calls) == (0, 0)
+        assert (extract.calls, parse.calls, check.calls) == (0, 0, 0)
         assert prepared == {}  # consumed
         assert [(i.journal_id, i.error, i.queued) for i in items] == [(j, "", 1) for j in ids]
         assert [r.outcome for i in items for r in i.results] == ["applied"] * 3
