@@ -199,6 +199,10 @@ class Processor:
         """``{id: (source, raw)}`` of claimed rows, read without any lock (for :meth:`prepare`)."""
         return journal.raw_of_claimed(s, journal_ids)
 
+    def prepare_claimed(self, s: Tx, journal_ids: Sequence[int]) -> dict[int, PreparedMessage]:
+        """:meth:`prepare` of claimed rows, read in the caller's (read-only) transaction."""
+        return self.prepare(self.claimed_messages(s, journal_ids))
+
     def prepare(self, claimed: Mapping[int, tuple[str, bytes]]) -> dict[int, PreparedMessage]:
         """Extract and parse claimed rows (``{id: (source, raw)}``) outside any transaction.
 

@@ -200,17 +200,17 @@ class ProcessingWorker:
     async def _prepare(self, ids: list[int]) -> dict[int, PreparedMessage]:
         """Extract and parse the claimed rows before the write transaction (issue 5).
 
-        The bytes are read in a read-only transaction (no write lock on SQLite) and the
-        CPU work runs in a worker thread outside any transaction, so the SMTP intake can
-        journal (and answer 250) meanwhile instead of waiting for a group that parses
-        under the database's single write lock.  Best effort: whatever is not prepared
-        here is extracted inside the group as before.
+        Done in a read-only transaction on the store thread (no write lock on SQLite),
+        so the SMTP intake can journal (and answer 250) meanwhile instead of waiting for
+        a group that parses under the database's single write lock.  Not in a thread of
+        its own: measured end to end, a third thread contending for the GIL cost more
+        CPU per message than the lock it freed (REQUEST -20% msg/s).  Best effort:
+        whatever is not prepared here is extracted inside the group as before.
         """
         if not ids:
             return {}
         try:
-            claimed = await self.store.read(self.processor.claimed_messages, ids)
-            return await asyncio.to_thread(self.processor.prepare, claimed)
+            return await self.store.read(self.processor.prepare_claimed, ids)
         except Exception:
             log.exception("preparing %d claimed rows failed; processing them unprepared", len(ids))
             return {}
