@@ -7,6 +7,12 @@ rows and the journal outcome - in ONE transaction.  Every row ends with exactly 
 recorded outcome per part and recipient, and the journal row itself ends ``done`` or
 ``quarantined`` with a reason; a crash in between leaves the row leased, and it is
 processed again after the lease expires (nothing accepted is lost).
+
+The daemon's worker splits this in two (issue 5): what depends only on a row's bytes
+(extraction, parsing, the RFC 5546 section 3 check) is done for a claimed group first,
+in a read-only transaction (:meth:`Processor.prepare_claimed`), and the group's write
+transaction then decides and applies.  On SQLite the write lock is the one resource the
+SMTP intake waits for before its 250, so it is held only for the part that needs it.
 """
 
 from __future__ import annotations
