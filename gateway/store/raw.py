@@ -114,35 +114,23 @@ class Prepared:
 
     # -- execution -----------------------------------------------------------------------
 
-    def _execute(
-        self, s: Session, params: Mapping[str, Any], *, fetch: bool
-    ) -> tuple[_Compiled, list[Any], int]:
+    def _connect(self, s: Session, names: tuple[str, ...]) -> tuple[Connection, _Compiled]:
         if s.autoflush:
             # Session.execute autoflushes pending ORM changes first (Core statements on
             # tables too), so a raw statement sees them as before; a no-op when clean.
             s.flush()
         conn = _connection(s)
-        compiled = self._compile(conn.dialect, tuple(params))
+        return conn, self._compile(conn.dialect, names)
+
+    def _execute(
+        self, s: Session, params: Mapping[str, Any], *, fetch: bool
+    ) -> tuple[_Compiled, list[Any], int]:
+        conn, compiled = self._connect(s, tuple(params))
         try:
             args = _arguments(compiled, params)
         except Exception as error:  # a bind processor refused a value (NaiveUTCError ...)
             raise _wrap(compiled, params, error, many=False) from error
-        cursor = _cursor(conn)
-        before, after = _listeners(conn)
-        if conn._echo:
-            _log(conn, compiled.sql, args)
-        try:
-            if before:
-                before(conn, cursor, compiled.sql, args, None, False)
-            cursor.execute(compiled.sql, args)
-            rows = cursor.fetchall() if fetch else []
-            count = cursor.rowcount
-            if after:
-                after(conn, cursor, compiled.sql, args, None, False)
-        except compiled.error_class as error:
-            raise _wrap(compiled, args, error, many=False) from error
-        finally:
-            cursor.close()
+        rows, count = _run(conn, compiled, args, many=False, fetch=fetch)
         return compiled, rows, count
 
     def rows(self, s: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -181,30 +169,42 @@ class Prepared:
         if len(rows) == 1:
             self._execute(s, rows[0], fetch=False)
             return
-        if s.autoflush:
-            s.flush()
-        conn = _connection(s)
-        compiled = self._compile(conn.dialect, tuple(rows[0]))
+        conn, compiled = self._connect(s, tuple(rows[0]))
         if compiled.keys:
             raise UnsupportedStatementError("executemany of a statement with a result")
         try:
             args = [_arguments(compiled, row) for row in rows]
         except Exception as error:
             raise _wrap(compiled, rows, error, many=True) from error
-        cursor = _cursor(conn)
-        before, after = _listeners(conn)
-        if conn._echo:
-            _log(conn, compiled.sql, args)
-        try:
-            if before:
-                before(conn, cursor, compiled.sql, args, None, True)
+        _run(conn, compiled, args, many=True, fetch=False)
+
+
+def _run(
+    conn: Connection, compiled: _Compiled, args: Any, *, many: bool, fetch: bool
+) -> tuple[list[Any], int]:
+    """One execute (or executemany) on the transaction's cursor, as Connection does it:
+    listeners before and after, echo, driver errors wrapped.  Returns (rows, rowcount)."""
+    cursor = _cursor(conn)
+    before, after = _listeners(conn)
+    if conn._echo:
+        _log(conn, compiled.sql, args)
+    try:
+        if before:
+            before(conn, cursor, compiled.sql, args, None, many)
+        if many:
             cursor.executemany(compiled.sql, args)
-            if after:
-                after(conn, cursor, compiled.sql, args, None, True)
-        except compiled.error_class as error:
-            raise _wrap(compiled, args, error, many=True) from error
-        finally:
-            cursor.close()
+            rows: list[Any] = []
+        else:
+            cursor.execute(compiled.sql, args)
+            rows = cursor.fetchall() if fetch else []
+        count: int = cursor.rowcount
+        if after:
+            after(conn, cursor, compiled.sql, args, None, many)
+    except compiled.error_class as error:
+        raise _wrap(compiled, args, error, many=many) from error
+    finally:
+        cursor.close()
+    return rows, count
 
 
 # Where a Session remembers the Connection of its current transaction (Session.info).
