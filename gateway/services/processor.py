@@ -210,7 +210,7 @@ class Processor:
         return self.prepare(self.claimed_messages(s, journal_ids))
 
     def prepare(self, claimed: Mapping[int, tuple[str, bytes]]) -> dict[int, PreparedMessage]:
-        """Extract and parse claimed rows (``{id: (source, raw)}``) outside any transaction.
+        """Extract and parse claimed rows (``{id: (source, raw)}``) outside the write lock.
 
         Pure CPU work on the messages' bytes; pass the result to :meth:`process_batch`.
         Never raises: a row whose preparation fails is simply left out and processed
