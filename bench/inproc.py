@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             if not ids:
                 break
             # As the worker does: extract and parse before the write transaction.
-            prepared = proc.prepare(store.read_sync(proc.claimed_messages, ids))
+            prepared = store.read_sync(proc.prepare_claimed, ids)
             remaining = list(ids)
             while remaining:
                 started = cpu()

@@ -27,20 +27,16 @@ VTZ = (
 
 def test_repeated_decoding_gives_equal_values_and_keeps_warnings_single() -> None:
     resolver = TzResolver.for_calendar(parse_one(VTZ))
-    first = [
-        resolver.parse("20270101T100000Z"),
-        resolver.parse("20270101T100000", "Europe/Berlin"),
-        resolver.parse("20270101T100000", "Nowhere/Unknown"),
-        resolver.parse("20270101", None, "DATE"),
-        resolver.parse("20270101T100000", "Custom/Zone"),
+    # (text, TZID, VALUE) as read from a property
+    inputs: list[tuple[str, str | None, str | None]] = [
+        ("20270101T100000Z", None, None),
+        ("20270101T100000", "Europe/Berlin", None),
+        ("20270101T100000", "Nowhere/Unknown", None),
+        ("20270101", None, "DATE"),
+        ("20270101T100000", "Custom/Zone", None),
     ]
-    again = [
-        resolver.parse("20270101T100000Z"),
-        resolver.parse("20270101T100000", "Europe/Berlin"),
-        resolver.parse("20270101T100000", "Nowhere/Unknown"),
-        resolver.parse("20270101", None, "DATE"),
-        resolver.parse("20270101T100000", "Custom/Zone"),
-    ]
+    first = [resolver.parse(*args) for args in inputs]
+    again = [resolver.parse(*args) for args in inputs]
     assert first == again
     assert first[0] == datetime(2027, 1, 1, 10, tzinfo=UTC)
     assert first[1] == datetime(2027, 1, 1, 10, tzinfo=ZoneInfo("Europe/Berlin"))

@@ -598,7 +598,7 @@ def test_a_prepared_entry_is_used_once_so_a_failed_row_is_parsed_afresh_next_tim
     clock = FrozenClock()
     with open_services(db_url, clock) as svc:
         ids = _journal_and_claim(svc, clock, "f", 1)
-        prepared = svc.processor.prepare(svc.store.read_sync(svc.processor.claimed_messages, ids))
+        prepared = svc.store.read_sync(svc.processor.prepare_claimed, ids)
         monkeypatch.setattr(engine, "process", fails_once)
         parse = _Counting(processor_module.parse_itip)
         monkeypatch.setattr(processor_module, "parse_itip", parse)
@@ -617,8 +617,7 @@ def test_a_prepared_entry_for_other_bytes_is_ignored(db_url: str) -> None:
     clock = FrozenClock()
     with open_services(db_url, clock) as svc:
         ids = _journal_and_claim(svc, clock, "b", 2)
-        claimed = svc.store.read_sync(svc.processor.claimed_messages, ids)
-        prepared = svc.processor.prepare(claimed)
+        prepared = svc.store.read_sync(svc.processor.prepare_claimed, ids)
         # Row 0 is handed row 1's preparation: processing must go by the row's own bytes.
         swapped = {ids[0]: prepared[ids[1]], ids[1]: prepared[ids[0]]}
         items = svc.store.run_sync(svc.processor.process_batch, ids, clock(), None, swapped)
