@@ -304,6 +304,11 @@ class Session:
         self.sink_seen = len(records)
         return new
 
+    def _cpu_by_process(self) -> list[float]:
+        """CPU seconds of serve (intake) and of its processing process, each alone."""
+        assert self.daemon is not None
+        return [cpu_seconds(pid, tree=False) for pid in descendants(self.daemon.pid)[:2]]
+
     @contextlib.contextmanager
     def _profiled(self, name: str) -> Iterator[None]:
         if self.profile_dir is None or self.daemon is None:
@@ -365,6 +370,7 @@ class Session:
         notes: list[str] = []
         with self._profiled(name):
             cpu0, sink0 = self.daemon.cpu(), self.sink.cpu()
+            own0 = self._cpu_by_process()
             db0 = cpu_seconds(self.db_pid) if self.db_pid else 0.0
             res = run_load(self.workdir, self.config.smtp_port, batch, connections, rate=rate)
             accepted = res.accepted
@@ -393,6 +399,7 @@ class Session:
             else:
                 problems.append("timed out waiting for processing/replies")
             cpu1, sink1 = self.daemon.cpu(), self.sink.cpu()
+            own1 = self._cpu_by_process()
             if self.db_pid:
                 db_us = (cpu_seconds(self.db_pid) - db0) / max(1, len(accepted)) * 1e6
                 notes.append(f"PostgreSQL server CPU {db_us:.0f} us/msg (not in us/msg)")
@@ -438,6 +445,7 @@ class Session:
             problems.extend(self._check_partstats(batch))
         done = max(done, max((s[2] for s in accepted), default=res.end))
         n = max(1, len(accepted))
+        notes.append(_process_split(own0, own1, n, done - res.start))
         peak = self.daemon.sampler.between(res.start, done + 1) if self.daemon.sampler else []
         return PhaseResult(
             name=name,
@@ -558,6 +566,20 @@ def _row_from(
         f" sink {phase.sink_cpu_us:.0f} us/msg"
     )
     return row
+
+
+def _process_split(before: list[float], after: list[float], n: int, seconds: float) -> str:
+    """Which process the daemon's CPU went to, and how busy each was (of one core).
+
+    A process well under 100% while the phase has a backlog is waiting (for the
+    SQLite write lock, or for the other process), not computing.
+    """
+    names = ("intake (serve)", "processing")
+    parts = []
+    for name, b, a in zip(names, before, after, strict=False):
+        used = max(0.0, a - b)
+        parts.append(f"{name} {used / n * 1e6:.0f} us/msg, {used / max(1e-9, seconds):.0%} busy")
+    return "daemon CPU by process: " + "; ".join(parts)
 
 
 def run_all(opts: Options) -> list[Row]:
