@@ -23,12 +23,12 @@ from gateway.services.directory import StaticDirectory
 from gateway.services.intake import JournalIntake
 from gateway.store import Store
 from gateway.workers.child import ChildProcess
-from gateway.workers.wakeup import WAKE_JOURNAL, WakeListener
+from gateway.workers.wakeup import WAKE_JOURNAL, WAKE_OUTBOX, WakeListener
 
 if TYPE_CHECKING:
     # Imported where used: the intake process of a split daemon
-    # (gateway.processing_process) never loads the engine or the composer, which
-    # keeps its memory smaller (issue 5, RSS target); it does run the outbox.
+    # (gateway.processing_process) never loads the engine, the composer or the
+    # relay client, which keeps its memory ~11 MB smaller (issue 5, RSS target).
     from gateway.services.processor import Processor
     from gateway.services.runtime import GatewayServices
     from gateway.transports.imap import ImapAccountOptions
@@ -236,38 +236,25 @@ def build_app(
     runnables: list[Runnable] = []
     closers: list[Callable[[], object]] = []
     wake_journal: Callable[[int], None]
+    wake_outbox: Callable[[], None]
     child: ChildProcess | None = None
-    store = _store(settings)
-    if role == "processing":
-        # The child: journal processing only; the outbox runs in the intake process,
-        # woken by a line on this process's stdout (gateway.workers.wakeup).
-        listener = WakeListener({})
-        processing = _processing(settings, store, clock, on_queued=listener.wake_outbox)
-        listener.add(WAKE_JOURNAL, processing.notify)
-        runnables += [processing, listener]
-        return App(settings=settings, store=store, runnables=runnables, closers=closers)
-    # The outbox (and the relay client) run here in "all" and "intake": with a store of
-    # their own, so a listener's journal write never queues behind an outbox update.
-    outbox_store = _store(settings) if role == "intake" else store
-    if outbox_store is not store:
-        closers.append(outbox_store.aclose)
-    outbox_worker, sender = _outbox(settings, outbox_store, clock)
-    closers.append(sender.aclose)
     if role == "intake":
-        child = ChildProcess(
-            child_argv,
-            drain_timeout=settings.gateway.shutdown_timeout_seconds,
-            on_outbox=outbox_worker.notify,
-        )
-        # Like the listeners, the outbox starts after the child's first READY: only
-        # then is the schema known to be current.
-        runnables += [child, Gated(outbox_worker, child.ready)]
-        wake_journal = child.wake_journal
+        child = ChildProcess(child_argv, drain_timeout=settings.gateway.shutdown_timeout_seconds)
+        runnables.append(child)
+        wake_journal, wake_outbox = child.wake_journal, child.wake_outbox
         # No processing here: one connection serves intake and the IMAP state.
+        store = _store(settings)
     else:
-        processing = _processing(settings, store, clock, on_queued=outbox_worker.notify)
+        store = _store(settings)
+        processing, outbox_worker, sender = _processing(settings, store, clock)
         runnables += [processing, outbox_worker]
-        wake_journal = processing.notify
+        closers.append(sender.aclose)
+        wake_journal, wake_outbox = processing.notify, outbox_worker.notify
+        if role == "processing":
+            runnables.append(
+                WakeListener({WAKE_JOURNAL: processing.notify, WAKE_OUTBOX: outbox_worker.notify})
+            )
+            return App(settings=settings, store=store, runnables=runnables, closers=closers)
     # Intake gets its own connection and thread: a listener's 250 waits only for its own
     # journal INSERT, never in a queue behind decisions being processed (on SQLite the
     # two still take turns on the write lock, but a journal write is a millisecond).
@@ -280,7 +267,7 @@ def build_app(
         on_accepted=wake_journal,
         max_message_bytes=settings.gateway.max_message_bytes,
     )
-    intake.on_forward_queued = outbox_worker.notify
+    intake.on_forward_queued = wake_outbox
     directory = StaticDirectory(user_policy(u) for u in settings.users)
     bounce_address = normalise(settings.relay.from_address)
 
@@ -319,39 +306,15 @@ def _store(settings: Settings) -> Store:
 
 
 def _processing(
-    settings: Settings,
-    store: Store,
-    clock: Callable[[], datetime],
-    *,
-    on_queued: Callable[[], None],
-) -> ProcessingWorker:
-    """The journal processing worker; ``on_queued`` wakes the outbox."""
-    from gateway.workers.processing import ProcessingWorker
-
-    processing = ProcessingWorker(
-        store,
-        build_processor(settings),
-        clock,
-        on_queued=on_queued,
-        # Filled in (and checked against database.pool_size) by Settings validation.
-        concurrency=max(1, settings.gateway.processing_concurrency),
-    )
-    if store.backend == "sqlite" and processing.concurrency > 1:
-        log.warning(
-            "gateway.processing_concurrency = %d on SQLite: the loops take turns on its"
-            " single writer, so this only helps on PostgreSQL",
-            processing.concurrency,
-        )
-    return processing
-
-
-def _outbox(
     settings: Settings, store: Store, clock: Callable[[], datetime]
-) -> tuple[OutboxWorker, RelaySender]:
-    """The outbox worker and the relay client it sends through."""
+) -> tuple[ProcessingWorker, OutboxWorker, RelaySender]:
+    """The journal processing worker and the outbox worker sending through the relay."""
+    from gateway.services.processor import record_delivery_failure
     from gateway.transports.smtp_sender import RelayOptions, RelaySender
     from gateway.workers.outbox import FailedDelivery, OutboxOptions, OutboxWorker
+    from gateway.workers.processing import ProcessingWorker
 
+    processor = build_processor(settings)
     relay = settings.relay
     sender = RelaySender(
         RelayOptions(
@@ -367,10 +330,6 @@ def _outbox(
     )
 
     async def on_failure(failed: FailedDelivery) -> None:
-        # Imported on first use: the intake process (which runs the outbox) loads the
-        # scheduling engine only if a delivery ever fails.
-        from gateway.services.processor import record_delivery_failure
-
         # A 5xx (or giving up) is reflected on the attendee (SCHEDULE-STATUS), so the
         # organiser's `events show` says the invitation never arrived.
         row = failed.row
@@ -401,7 +360,21 @@ def _outbox(
         ),
         on_failure,
     )
-    return outbox_worker, sender
+    processing = ProcessingWorker(
+        store,
+        processor,
+        clock,
+        on_queued=outbox_worker.notify,
+        # Filled in (and checked against database.pool_size) by Settings validation.
+        concurrency=max(1, settings.gateway.processing_concurrency),
+    )
+    if store.backend == "sqlite" and processing.concurrency > 1:
+        log.warning(
+            "gateway.processing_concurrency = %d on SQLite: the loops take turns on its"
+            " single writer, so this only helps on PostgreSQL",
+            processing.concurrency,
+        )
+    return processing, outbox_worker, sender
 
 
 def _imap_options(a: ImapAccountConfig) -> ImapAccountOptions:

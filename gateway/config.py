@@ -153,9 +153,9 @@ class GatewayConfig(_Section):
     # A message being processed is leased for this long; a worker that died (SIGKILL,
     # power loss) leaves it leased, and it is processed again once the lease expires.
     processing_lease_seconds: float = Field(default=60, gt=0)
-    # Run journal processing in a second process, started and supervised by `serve`,
-    # so SMTP/LMTP/IMAP intake (with the outbox) and processing each get a CPU core
-    # (Python runs one thread of bytecode at a time).  false = one process.
+    # Run journal processing and the outbox in a second process, started and
+    # supervised by `serve`, so SMTP/LMTP/IMAP intake and processing each get a CPU
+    # core (Python runs one thread of bytecode at a time).  false = one process.
     processing_process: bool = True
     # Journal drain loops run side by side, each claiming its own batch (like that many
     # replicas).  0 = automatic: 1 on SQLite (one writer: more loops only queue for the

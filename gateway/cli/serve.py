@@ -16,9 +16,9 @@ Run the gateway: listeners, IMAP pollers and the outbox worker, until SIGTERM or
 SIGINT.  On a signal it stops accepting, lets in-flight work finish (up to
 gateway.shutdown_timeout_seconds; a second signal cancels at once) and exits 0.
 
-With gateway.processing_process (the default) journal processing runs in a child
-process that serve starts, restarts if it dies and stops with itself, so intake (with
-the outbox) and processing each use a CPU core.
+With gateway.processing_process (the default) journal processing and the outbox run
+in a child process that serve starts, restarts if it dies and stops with itself, so
+intake and processing each use a CPU core.
 
 On SQLite with database.auto_upgrade (the default) the schema is created or upgraded
 first, so the first run needs no extra step.  On PostgreSQL run `imip-gateway db

@@ -4,18 +4,12 @@ Why two processes (issue 5): Python runs one thread of bytecode at a time, so a 
 process spends one CPU core on everything - reading SMTP DATA, journaling, deciding,
 composing and sending.  With ``gateway.processing_process`` the ``serve`` process
 keeps intake (SMTP/LMTP listeners, IMAP pollers: everything that must answer a client
-quickly) and the outbox, and starts ``imip-gateway serve --role processing`` as its
-child for the journal processing; each gets its own core.
-
-Why the outbox stays with intake: processing (deciding, composing) is the busy side,
-about ten times intake's CPU per invitation, and sending a reply through the relay
-(claiming it, the SMTP dialogue, marking it sent) was a seventh of the processing
-process's CPU (``python -m bench run --profile``).  Intake's core had that to spare.
+quickly) and starts ``imip-gateway serve --role processing`` as its child for the
+journal processing and the outbox; each gets its own core.
 
 The design stays as durable as one process because the two share nothing but the
-database: the journal row committed before the 250 and the outbox row committed with a
-decision are the queues, and the pipes carry only wake-up hints
-(:mod:`gateway.workers.wakeup`).
+database: the journal row committed before the 250 is the queue, and the pipe to the
+child's stdin carries only wake-up hints (:mod:`gateway.workers.wakeup`).
 
 * Start: the child checks (or upgrades) the database schema before it prints READY,
   and the intake process opens its listeners only after that first READY
@@ -39,9 +33,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from gateway.workers.wakeup import OUTBOX_LINE, READY_LINE, WAKE_JOURNAL
+from gateway.workers.wakeup import READY_LINE, WAKE_JOURNAL, WAKE_OUTBOX
 
 __all__ = ["ChildProcess", "ChildProcessFailed"]
 
@@ -66,11 +60,8 @@ class ChildProcess:
         restart_max_seconds: float = 30.0,
         stable_after_seconds: float = 30.0,
         max_quick_failures: int = 5,
-        on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self.argv = list(argv)
-        # Called when the child says it queued outgoing mail (the outbox runs here).
-        self.on_outbox = on_outbox
         self.drain_timeout = drain_timeout
         self.restart_initial_seconds = restart_initial_seconds
         self.restart_max_seconds = restart_max_seconds
@@ -93,6 +84,10 @@ class ChildProcess:
     def wake_journal(self, _journal_id: int | None = None) -> None:
         """A message was journaled."""
         self._hint(WAKE_JOURNAL)
+
+    def wake_outbox(self) -> None:
+        """Intake queued outgoing mail itself (content-filter hand-back)."""
+        self._hint(WAKE_OUTBOX)
 
     def _hint(self, hint: bytes) -> None:
         proc = self._proc
@@ -208,5 +203,3 @@ class ChildProcess:
             if line == READY_LINE:
                 log.info("the processing process (pid %d) is ready", proc.pid)
                 self.ready.set()
-            elif line == OUTBOX_LINE and self.on_outbox is not None:
-                self.on_outbox()

@@ -1,15 +1,12 @@
-"""Wake-ups between the intake process and the processing process, over two pipes.
+"""Wake-ups from the intake process to the processing process, over the child's stdin.
 
 With ``gateway.processing_process`` the daemon is two processes (see
 :mod:`gateway.workers.child`): intake journals a message and the processing process
-must learn of it without polling the database; the processing process queues replies
-and the outbox, which runs in the intake process, must learn of those.  The journal
-and the outbox tables are the durable queues; the pipes only carry *hints*:
+must learn of it without polling the database.  The journal is the durable queue
+between them; this pipe only carries *hints*, one byte each:
 
-* intake -> processing, one byte each on the child's stdin: ``j``, a message was
-  journaled: process the journal now;
-* processing -> intake, a line ``o`` on the child's stdout (after its ``READY``
-  line): mail was queued: run the outbox.
+* ``j``: a message was journaled: process the journal now;
+* ``o``: intake queued mail itself (a content filter's hand-back): run the outbox.
 
 A lost or coalesced hint costs latency, never a message: both workers still poll.
 End of file on stdin means the intake process is gone (exited, or killed with
@@ -20,14 +17,12 @@ orphan that nobody supervises.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO
 
-__all__ = ["OUTBOX_LINE", "READY_LINE", "WAKE_JOURNAL", "WAKE_OUTBOX", "WakeListener"]
+__all__ = ["READY_LINE", "WAKE_JOURNAL", "WAKE_OUTBOX", "WakeListener"]
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +30,6 @@ WAKE_JOURNAL = b"j"
 WAKE_OUTBOX = b"o"
 #: What the processing process prints on stdout once its loop runs.
 READY_LINE = b"READY\n"
-#: The line the processing process prints on stdout when it queued outgoing mail.
-OUTBOX_LINE = WAKE_OUTBOX + b"\n"
 
 
 class WakeListener:
@@ -59,25 +52,7 @@ class WakeListener:
         self._handlers = dict(handlers)
         self._stdin = stdin if stdin is not None else sys.stdin.buffer
         self._stdout = stdout if stdout is not None else sys.stdout.buffer
-        self._out_fd: int | None = None
         self.ready = asyncio.Event()
-
-    def add(self, hint: bytes, handler: Callable[[], None]) -> None:
-        """Call ``handler`` when ``hint`` arrives (for workers built after this)."""
-        self._handlers[hint] = handler
-
-    def wake_outbox(self) -> None:
-        """Tell the intake process that mail was queued (processing -> intake).
-
-        Never blocks and never raises: the write is non-blocking, so a parent that does
-        not read (busy, or gone) costs this hint, and the outbox finds the mail when it
-        polls.  Nothing is written before ``READY``, which the parent must see first.
-        """
-        fd = self._out_fd
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            os.write(fd, OUTBOX_LINE)
 
     async def run(self, stopping: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -88,10 +63,6 @@ class WakeListener:
         try:
             self._stdout.write(READY_LINE)
             self._stdout.flush()
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                fd = self._stdout.fileno()
-                os.set_blocking(fd, False)  # hints must never stall the event loop
-                self._out_fd = fd
             self.ready.set()
             stop = asyncio.ensure_future(stopping.wait())
             try:

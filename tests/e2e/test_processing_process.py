@@ -100,21 +100,6 @@ def test_a_killed_processing_process_is_replaced_and_the_message_still_answered(
     assert f"the processing process (pid {child}) exited" in log
 
 
-def test_a_reply_queued_by_the_child_is_sent_by_serve_at_once_not_at_the_next_poll(
-    gateway_factory: GatewayFactory, relay_factory: Any
-) -> None:
-    # The outbox runs in serve; the child's "o" line on its stdout wakes it.  With the
-    # outbox's poll an hour away, only that hint can make the REPLY leave in seconds.
-    relay = relay_factory().start()
-    gw = gateway_factory(
-        "gw", [User(BOB, "accept")], relay_port=relay.port, relay={"poll_interval_seconds": 3600}
-    )
-    time.sleep(1.0)  # past the outbox's first look at the (empty) table
-    for n in (5, 6):
-        _invite(gw, n)
-        wait_until(lambda n=n: _replied(relay, n - 4), "the REPLY, woken by the hint", timeout=15)
-
-
 def test_killing_serve_takes_the_processing_process_down_too(
     gateway_factory: GatewayFactory, relay_factory: Any
 ) -> None:

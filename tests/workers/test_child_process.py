@@ -1,9 +1,8 @@
 """The processing process's supervision and wake-up pipe, with real child processes.
 
 The child here is a small Python program speaking the same protocol as
-``imip-gateway serve --role processing`` (READY and outbox lines on stdout, hint bytes
-on stdin), so each property is shown in well under a second: hints arrive both ways, a
-dead child is
+``imip-gateway serve --role processing`` (READY on stdout, hint bytes on stdin), so
+each property is shown in well under a second: hints arrive, a dead child is
 restarted, a crash loop fails the daemon, a first child that dies before READY fails
 it at once, intake waits for that first READY, SIGTERM drains and a child that
 ignores it is killed, and a child whose parent vanished (stdin closed) stops by itself.
@@ -21,10 +20,9 @@ import pytest
 
 from gateway.daemon import Gated
 from gateway.workers.child import ChildProcess, ChildProcessFailed
-from gateway.workers.wakeup import OUTBOX_LINE, READY_LINE, WAKE_JOURNAL, WakeListener
+from gateway.workers.wakeup import READY_LINE, WAKE_JOURNAL, WAKE_OUTBOX, WakeListener
 
 # Records every hint byte it reads in a file; exits on end of stdin with status 0.
-# Answers a "q" (as if it had queued a reply) with an outbox line on stdout.
 CHILD = r"""
 import os, signal, sys
 out = sys.argv[1]
@@ -50,9 +48,6 @@ while True:
         sys.exit(0)
     with open(out, "ab") as fh:
         fh.write(chunk)
-    if b"q" in chunk:
-        sys.stdout.buffer.write(b"o\n")
-        sys.stdout.buffer.flush()
 """
 
 
@@ -81,27 +76,13 @@ async def test_hints_reach_the_child_and_ready_is_announced(tmp_path: Path) -> N
     task = asyncio.create_task(child.run(stopping))
     await asyncio.wait_for(child.ready.wait(), 10)
     child.wake_journal(1)
+    child.wake_outbox()
     hints = tmp_path / "hints"
-    await _until(lambda: hints.exists() and b"j" in hints.read_bytes())
-    assert set(hints.read_bytes()) == {WAKE_JOURNAL[0]}
+    await _until(lambda: hints.exists() and b"o" in hints.read_bytes())
+    assert set(hints.read_bytes()) == {WAKE_JOURNAL[0], WAKE_OUTBOX[0]}
     stopping.set()
     await asyncio.wait_for(task, 10)
     assert child.pid is None
-
-
-async def test_the_childs_outbox_lines_wake_the_outbox_in_the_parent(tmp_path: Path) -> None:
-    woken: list[int] = []
-    child = ChildProcess(_argv(tmp_path), drain_timeout=5, on_outbox=lambda: woken.append(1))
-    stopping = asyncio.Event()
-    task = asyncio.create_task(child.run(stopping))
-    await asyncio.wait_for(child.ready.wait(), 10)
-    assert woken == []  # READY is not an outbox hint
-    child._hint(b"q")  # the test child answers with one outbox line
-    await _until(lambda: woken == [1])
-    child._hint(b"q")
-    await _until(lambda: woken == [1, 1])
-    stopping.set()
-    await asyncio.wait_for(task, 10)
 
 
 async def test_a_child_that_dies_is_restarted_and_hints_go_to_the_new_one(
@@ -209,25 +190,18 @@ async def test_wake_listener_dispatches_hints_and_stops_when_its_parent_goes(
     out_r, out_w = os.pipe()
     seen: list[str] = []
     listener = WakeListener(
-        {WAKE_JOURNAL: lambda: seen.append("journal")},
+        {WAKE_JOURNAL: lambda: seen.append("journal"), WAKE_OUTBOX: lambda: seen.append("outbox")},
         stdin=os.fdopen(read_fd, "rb", buffering=0),
         stdout=os.fdopen(out_w, "wb"),
     )
-    listener.wake_outbox()  # before READY: nothing is written (the parent waits for READY)
     stopping = asyncio.Event()
     task = asyncio.create_task(listener.run(stopping))
     await asyncio.wait_for(listener.ready.wait(), 5)
     assert os.read(out_r, 100) == READY_LINE
     os.write(write_fd, b"jjx")  # an unknown byte is ignored
     await _until(lambda: seen == ["journal"])
-    listener.add(b"x", lambda: seen.append("x"))
-    os.write(write_fd, b"x")
-    await _until(lambda: seen == ["journal", "x"])
-    listener.wake_outbox()
-    assert os.read(out_r, 100) == OUTBOX_LINE
-    # A parent that stops reading never blocks the child: a full pipe drops the hint.
-    for _ in range(100_000):
-        listener.wake_outbox()
+    os.write(write_fd, b"o")
+    await _until(lambda: seen == ["journal", "outbox"])
     assert not stopping.is_set()
     os.close(write_fd)  # the intake process is gone
     await asyncio.wait_for(task, 5)
