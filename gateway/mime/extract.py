@@ -35,7 +35,7 @@ from email.errors import MessageDefect, StartBoundaryNotFoundDefect
 from email.message import Message
 from email.policy import compat32
 from email.utils import collapse_rfc2231_value
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.mime import headers as hdr
 from gateway.mime.compose import GATEWAY_HEADER
@@ -287,6 +287,39 @@ _ODD_LINE_BREAKS = (b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e")
 _MULTIPART_CTE_OK = frozenset({"7bit", "8bit", "binary"})
 
 
+class _IndexedMessage(Message):
+    """A compat32 :class:`Message` whose ``get`` is a dict lookup, not a header scan.
+
+    ``Message.get`` lowers every header name on each call, and extraction asks the
+    same entity for Content-Type, Content-Transfer-Encoding, ... a dozen times: with
+    the 20-odd headers of a real mail that was a sixth of ``extract`` (issue 5).  The
+    index holds the first value of each name, as ``get`` returns; it is rebuilt
+    whenever the header list changed (every mutator replaces the list, appends to
+    it, or - ``replace_header`` - is overridden here), so it is never stale.
+    """
+
+    _index: dict[str, tuple[str, str]] | None = None
+    _indexed_list: list[tuple[str, str]] | None = None
+    _indexed_len = 0
+
+    def get(self, name: str, failobj: object = None) -> object:  # type: ignore[override]
+        headers: list[tuple[str, str]] = self._headers  # type: ignore[attr-defined]
+        index = self._index
+        if index is None or self._indexed_list is not headers or self._indexed_len != len(headers):
+            index = {}
+            for k, v in headers:
+                index.setdefault(k.lower(), (k, v))
+            self._index, self._indexed_list, self._indexed_len = index, headers, len(headers)
+        found = index.get(name.lower())
+        if found is None:
+            return failobj
+        return self.policy.header_fetch_parse(*found)
+
+    def replace_header(self, _name: str, _value: Any) -> None:
+        self._index = None
+        super().replace_header(_name, _value)
+
+
 def _fast_parse(raw: bytes) -> Message | None:
     """The compat32 parse of ``raw`` when it is plainly well-formed, else ``None``."""
     # Byte-level checks: memchr/count speed, unlike a regex over the decoded text.
@@ -313,7 +346,7 @@ def _fast_entity(text: str, depth: int, *, top: bool) -> Message | None:
             return None  # no header/body separator: let the feedparser judge
         else:  # a part that is all headers (its last CRLF belongs to the delimiter)
             head, body = (text[:-2] if text.endswith("\r\n") else text), ""
-    msg = Message()
+    msg = _IndexedMessage()
     if head:
         name = ""
         value: list[str] = []

@@ -222,3 +222,36 @@ def test_shortcuts_never_change_the_extraction(
         tail=tail,
     )
     assert extract(raw) == reference(raw)
+
+
+def test_indexed_header_lookups_follow_every_change_to_the_headers() -> None:
+    # The fast path's Message answers get() from an index (issue 5); it must answer
+    # exactly as compat32's scan does, also after each way of changing the headers.
+    raw = google_mail()
+    fast = _fast_parse(raw)
+    assert fast is not None
+    assert type(fast) is not Message
+    plain = message_from_bytes(raw, policy=compat32)
+    names = {k.lower() for k in plain} | {"x-new", "x-missing", "CONTENT-TYPE"}
+
+    def same() -> None:
+        for name in names:
+            assert str(fast.get(name, "-")) == str(plain.get(name, "-")), name
+        assert fast.get_content_type() == plain.get_content_type()
+        assert fast.get_boundary() == plain.get_boundary()
+
+    same()
+    changes = [
+        lambda m: m.__setitem__("X-New", "one"),
+        lambda m: m.set_raw("X-New", "two"),  # a second one: the first still wins
+        lambda m: m.replace_header("X-New", "three"),
+        lambda m: m.__delitem__("Subject"),
+        lambda m: m.add_header("X-New", "four", p="q"),
+        lambda m: m.set_param("charset", "latin-1"),
+        lambda m: m.set_boundary("zzz"),
+        lambda m: m.__delitem__("X-New"),
+    ]
+    for change in changes:
+        change(fast)
+        change(plain)
+        same()
