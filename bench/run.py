@@ -656,16 +656,18 @@ def run_all(opts: Options) -> list[Row]:
     return rows
 
 
-def _daemon_failed(db: str, exc: DaemonError) -> Row:
-    """The row saying the daemon itself failed (start-up or mid-run), with why."""
+def _daemon_failed(
+    db: str, notes: list[str], *, scenario: str = "gateway session", target: str = "daemon runs"
+) -> Row:
+    """The row saying the daemon itself failed (start-up, mid-run or exit), with why."""
     return Row(
-        scenario=f"gateway session ({db})",
+        scenario=f"{scenario} ({db})",
         db=db,
         msgs=0,
         correct=False,
-        target="daemon runs",
+        target=target,
         passed=False,
-        notes=[str(exc)],
+        notes=notes,
     )
 
 
@@ -698,7 +700,7 @@ def _main_session(
             processing_process=opts.processing_process,
         )
     except DaemonError as exc:
-        return [_daemon_failed(db, exc)]
+        return [_daemon_failed(db, [str(exc)])]
     tr = {"sqlite": (0.40, 0.60), "postgresql": (0.25, 0.40)}[db]
     ratio_rows: list[Row] = []
     try:
@@ -819,25 +821,20 @@ def _main_session(
             long = phase("long run (RSS)", long_batch, expect_reply=True)
             rows.append(_rss_row(session, long, db))
     except DaemonError as exc:
-        rows.append(_daemon_failed(db, exc))
+        rows.append(_daemon_failed(db, [str(exc)]))
     finally:
         status = session.close()
         if status not in (0, None):
             for r in rows:
                 r.correct = False
                 r.notes.append(f"daemon exit status {status} after SIGTERM (expected 0)")
+            tail = session.daemon.log_tail() if session.daemon else ""
             rows.append(
-                Row(
-                    scenario=f"daemon shutdown ({db})",
-                    db=db,
-                    msgs=0,
-                    correct=False,
+                _daemon_failed(
+                    db,
+                    [f"exit status {status}", tail],
+                    scenario="daemon shutdown",
                     target="exit 0 on SIGTERM",
-                    passed=False,
-                    notes=[
-                        f"exit status {status}",
-                        session.daemon.log_tail() if session.daemon else "",
-                    ],
                 )
             )
     return rows
