@@ -292,7 +292,7 @@ class _IndexedMessage(Message):
 
     ``Message.get`` lowers every header name on each call, and extraction asks the
     same entity for Content-Type, Content-Transfer-Encoding, ... a dozen times: with
-    the 20-odd headers of a real mail that was a sixth of ``extract`` (issue 5).  The
+    the 20-odd headers of a real mail that was an eighth of ``extract`` (issue 5).  The
     index holds the first value of each name, as ``get`` returns; it is rebuilt
     whenever the header list changed (every mutator replaces the list, appends to
     it, or - ``replace_header`` - is overridden here), so it is never stale.
