@@ -304,10 +304,10 @@ class Session:
         self.sink_seen = len(records)
         return new
 
-    def _cpu_by_process(self) -> list[float]:
-        """CPU seconds of serve (intake) and of its processing process, each alone."""
+    def _cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds of serve and of each process it started, each alone, by pid."""
         assert self.daemon is not None
-        return [cpu_seconds(pid, tree=False) for pid in descendants(self.daemon.pid)[:2]]
+        return {pid: cpu_seconds(pid, tree=False) for pid in descendants(self.daemon.pid)}
 
     @contextlib.contextmanager
     def _profiled(self, name: str) -> Iterator[None]:
@@ -445,7 +445,7 @@ class Session:
             problems.extend(self._check_partstats(batch))
         done = max(done, max((s[2] for s in accepted), default=res.end))
         n = max(1, len(accepted))
-        notes.append(_process_split(own0, own1, n, done - res.start))
+        notes.append(_process_split(self.daemon.pid, own0, own1, n, done - res.start))
         peak = self.daemon.sampler.between(res.start, done + 1) if self.daemon.sampler else []
         return PhaseResult(
             name=name,
@@ -568,16 +568,22 @@ def _row_from(
     return row
 
 
-def _process_split(before: list[float], after: list[float], n: int, seconds: float) -> str:
+def _process_split(
+    serve: int, before: dict[int, float], after: dict[int, float], n: int, seconds: float
+) -> str:
     """Which process the daemon's CPU went to, and how busy each was (of one core).
 
-    A process well under 100% while the phase has a backlog is waiting (for the
+    Matched by pid, so a processing process restarted during the phase counts from
+    zero.  A process well under 100% while the phase has a backlog is waiting (for the
     SQLite write lock, or for the other process), not computing.
     """
-    names = ("intake (serve)", "processing")
     parts = []
-    for name, b, a in zip(names, before, after, strict=False):
-        used = max(0.0, a - b)
+    for pid, total in after.items():
+        if pid == serve:
+            name = "intake (serve)" if len(after) > 1 else "serve (one process)"
+        else:
+            name = "processing"
+        used = max(0.0, total - before.get(pid, 0.0))
         parts.append(f"{name} {used / n * 1e6:.0f} us/msg, {used / max(1e-9, seconds):.0%} busy")
     return "daemon CPU by process: " + "; ".join(parts)
 
